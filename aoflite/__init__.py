@@ -1,0 +1,49 @@
+"""aoflite: an embedded, tiered, append-only key-log store.
+
+    import aoflite
+    with aoflite.open("app.aof") as db:
+        off = db.append("sensor-1", b"reading")
+        db.commit()
+        print(db.read("sensor-1", off).value)
+"""
+
+from .config import Config, ConfigError, DurabilityConfig, ReadConfig, SegmentConfig
+from .errors import (
+    BackpressureError,
+    ClosedError,
+    CorruptionError,
+    Error,
+    FormatError,
+    LockedError,
+    NotFound,
+    ReadOnlyError,
+    RecordTooLarge,
+    StorageError,
+    TransactionError,
+)
+from .record import Record
+from .store import Store, open
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open",
+    "Store",
+    "Record",
+    "Config",
+    "DurabilityConfig",
+    "SegmentConfig",
+    "ReadConfig",
+    "Error",
+    "NotFound",
+    "LockedError",
+    "ReadOnlyError",
+    "ClosedError",
+    "CorruptionError",
+    "FormatError",
+    "RecordTooLarge",
+    "BackpressureError",
+    "TransactionError",
+    "StorageError",
+    "ConfigError",
+]

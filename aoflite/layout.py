@@ -1,0 +1,146 @@
+"""Where things live inside a store directory, and the files that guard it.
+
+    PATH/aoflite.store      marker: format version and store id (written first)
+    PATH/LOCK               flock()ed by the one writable handle
+    PATH/manifest/          the LMDB environment
+    PATH/segments/N.seg     segment files, N the zero-padded segment id
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+
+from . import errors
+
+__all__ = [
+    "MARKER",
+    "FORMAT_VERSION",
+    "segment_path",
+    "segment_ids",
+    "manifest_dir",
+    "inspect_path",
+    "create_layout",
+    "read_marker",
+    "acquire_lock",
+    "release_lock",
+    "fsync_dir",
+]
+
+MARKER = "aoflite.store"
+#: Version of the store layout (the marker, the manifest tables). Segment
+#: files carry their own format version as well.
+FORMAT_VERSION = 1
+_SUFFIX = ".seg"
+
+
+def segment_path(root: str, segment_id: int) -> str:
+    """The file of segment_id."""
+    return os.path.join(root, "segments", f"{segment_id:020d}{_SUFFIX}")
+
+
+def segment_ids(root: str) -> list[int]:
+    """Ids of the segment files present, ascending."""
+    out = []
+    for name in os.listdir(os.path.join(root, "segments")):
+        stem, dot, suffix = name.partition(".")
+        if dot and "." + suffix == _SUFFIX and stem.isdigit():
+            out.append(int(stem))
+    return sorted(out)
+
+
+def manifest_dir(root: str) -> str:
+    """The LMDB environment's directory."""
+    return os.path.join(root, "manifest")
+
+
+def inspect_path(root: str) -> str:
+    """"missing", "empty" (an empty directory), "store", or raises
+    FormatError for anything else, which is then left untouched."""
+    if not os.path.lexists(root):
+        return "missing"
+    if not os.path.isdir(root):
+        raise errors.FormatError(f"{root}: exists and is not a directory, so not an aoflite store (choose another path)")
+    if os.path.exists(os.path.join(root, MARKER)):
+        return "store"
+    if not os.listdir(root):
+        return "empty"
+    raise errors.FormatError(
+        f"{root}: directory is not empty and has no {MARKER} marker, so it is not an aoflite store "
+        "(choose an empty or new path)"
+    )
+
+
+def read_marker(root: str) -> tuple[int, int]:
+    """(format_version, store_id) from the marker; FormatError if it is not ours
+    or newer than this aoflite."""
+    path = os.path.join(root, MARKER)
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise errors.FormatError(f"{path}: unreadable store marker: {e}") from None
+    fields = dict(line.split(" ", 1) for line in lines[1:] if " " in line)
+    if not lines or lines[0] != "aoflite store" or "format" not in fields or "store_id" not in fields:
+        raise errors.FormatError(f"{path}: not an aoflite store marker")
+    try:
+        version, store_id = int(fields["format"]), int(fields["store_id"], 16)
+    except ValueError:
+        raise errors.FormatError(f"{path}: damaged store marker") from None
+    if version > FORMAT_VERSION:
+        raise errors.FormatError(
+            f"{root}: store format version {version} is newer than this aoflite's {FORMAT_VERSION} "
+            "(upgrade aoflite to open it)"
+        )
+    return version, store_id
+
+
+def create_layout(root: str) -> int:
+    """Make a new store's directories and marker; returns the new store id."""
+    os.makedirs(os.path.join(root, "segments"), exist_ok=True)
+    os.makedirs(manifest_dir(root), exist_ok=True)
+    store_id = secrets.randbits(63) | 1
+    tmp = os.path.join(root, MARKER + ".tmp")
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"aoflite store\nformat {FORMAT_VERSION}\nstore_id {store_id:016x}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, MARKER))
+    fsync_dir(root)
+    fsync_dir(os.path.dirname(os.path.abspath(root)))
+    return store_id
+
+
+def acquire_lock(root: str) -> int:
+    """Take the store's writer lock at once, or raise LockedError."""
+    path = os.path.join(root, "LOCK")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise errors.LockedError(
+                f"{root}: another writable handle holds the store (close it, or open with readonly=True)"
+            ) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    """Drop the writer lock."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

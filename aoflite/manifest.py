@@ -1,0 +1,352 @@
+"""The LMDB manifest: which segments exist, where each key's offsets live,
+which tier holds what, and a ledger of every lifecycle event.
+
+Appends never write here: the manifest is brought up to date when a
+segment is sealed and when the store is opened. Tables (LMDB sub-databases):
+
+=============  ====================================  ===============================
+table          key                                   value
+=============  ====================================  ===============================
+meta           name (ascii)                          value (ascii)
+keys           key name (utf-8)                      key_id:u32 sealed_count:u64
+key_names      key_id:u32be                          key name (utf-8)
+segments       segment_id:u64be                      JSON SegmentRecord
+key_segments   key_id:u32be last_offset:u64be        segment_id:u64 first_offset:u64 count:u64
+lsn_segments   last_lsn:u64be                        segment_id:u64
+ledger         seq:u64be                             JSON event
+=============  ====================================  ===============================
+
+key_segments is ordered by (key id, last offset), which orders the same as
+(key id, segment id) since both grow together; keying by the last offset
+makes "which segment holds (key, offset)" one range lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import lmdb
+
+from . import errors
+
+__all__ = ["Manifest", "SegmentRecord", "EVENT_TYPES"]
+
+#: Lifecycle events the ledger records (after the tiered design's manifest
+#: record types). Recovery adds TailRecovered and SegmentAdopted.
+EVENT_TYPES = (
+    "StoreCreated",
+    "SegmentOpened",
+    "SealSegment",
+    "CompressionDone",
+    "UploadDone",
+    "Tier2Deleted",
+    "HydrationDone",
+    "LocalEvicted",
+    "SnapshotMarker",
+    "CustomEvent",
+    "TailRecovered",
+    "SegmentAdopted",
+    "SegmentDiscarded",
+)
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_KEYSEG = struct.Struct(">IQ")
+_KEYVAL = struct.Struct("<IQ")
+_RANGE = struct.Struct("<QQQ")
+_TABLES = ("meta", "keys", "key_names", "segments", "key_segments", "lsn_segments", "ledger")
+_MAP_SIZE = 16 << 30  # virtual; the file grows only as data is written
+
+
+@attrs.define
+class SegmentRecord:
+    """What the manifest knows of one segment."""
+
+    segment_id: int
+    state: str  # "active" or "sealed"
+    first_lsn: int
+    last_lsn: int = 0
+    record_count: int = 0
+    file_bytes: int = 0
+    file_crc: int = 0
+    key_count: int = 0
+    tiers: list[str] = attrs.field(factory=lambda: ["t0"])
+    created_ms: int = 0
+    sealed_ms: int = 0
+
+    def to_json(self) -> bytes:
+        return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SegmentRecord:
+        raw = json.loads(data)
+        known = {a.name for a in attrs.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+# LMDB must not be opened twice in one process (its locks are per process),
+# so every handle on a path shares one Environment.
+_envs: dict[str, tuple[lmdb.Environment, int]] = {}
+_envs_lock = threading.Lock()
+
+
+def _acquire_env(path: str, create: bool) -> lmdb.Environment:
+    with _envs_lock:
+        entry = _envs.get(path)
+        if entry is not None:
+            _envs[path] = (entry[0], entry[1] + 1)
+            return entry[0]
+        if not create and not os.path.exists(os.path.join(path, "data.mdb")):
+            raise errors.FormatError(f"{path}: the store's manifest is missing")
+        writable = os.access(os.path.dirname(path), os.W_OK)
+        try:
+            env = lmdb.open(
+                path,
+                map_size=_MAP_SIZE,
+                max_dbs=len(_TABLES),
+                readonly=not writable,
+                create=create,
+                subdir=True,
+                max_readers=512,
+            )
+        except lmdb.Error as e:
+            raise errors.StorageError(0, f"opening the manifest at {path}: {e}") from None
+        _envs[path] = (env, 1)
+        return env
+
+
+def _release_env(path: str) -> None:
+    with _envs_lock:
+        env, refs = _envs[path]
+        if refs > 1:
+            _envs[path] = (env, refs - 1)
+        else:
+            del _envs[path]
+            env.close()
+
+
+class Manifest:
+    """One store's manifest. Thread-safe; writes come from the writer only."""
+
+    def __init__(self, path: str, *, create: bool = False):
+        self.path = path
+        self.env = _acquire_env(path, create)
+        self._closed = False
+        try:
+            if create:
+                with self.env.begin(write=True) as txn:
+                    self._dbs = {t: self.env.open_db(t.encode(), txn=txn) for t in _TABLES}
+            else:
+                with self.env.begin() as txn:
+                    self._dbs = {t: self.env.open_db(t.encode(), txn=txn, create=False) for t in _TABLES}
+        except lmdb.Error as e:
+            _release_env(path)
+            raise errors.FormatError(f"{path}: the store's manifest is incomplete or damaged: {e}") from None
+
+    def close(self) -> None:
+        """Release this handle's share of the environment."""
+        if not self._closed:
+            self._closed = True
+            _release_env(self.path)
+
+    # ------------------------------------------------------------- meta
+
+    def get_meta(self, name: str) -> str | None:
+        """A meta value, or None."""
+        with self.env.begin(db=self._dbs["meta"]) as txn:
+            v = txn.get(name.encode())
+        return None if v is None else v.decode()
+
+    def init_store(self, store_id: int, format_version: int) -> None:
+        """Write the meta of a new store."""
+        with self.env.begin(write=True) as txn:
+            meta = self._dbs["meta"]
+            txn.put(b"store_id", str(store_id).encode(), db=meta)
+            txn.put(b"format_version", str(format_version).encode(), db=meta)
+            txn.put(b"created_ms", str(_now_ms()).encode(), db=meta)
+            txn.put(b"next_key_id", b"1", db=meta)
+            self._event(txn, "StoreCreated", store_id=store_id)
+
+    # ------------------------------------------------------------- keys
+
+    def lookup_key(self, name: str) -> tuple[int, int] | None:
+        """(key_id, sealed_count) of a key the manifest knows, or None."""
+        with self.env.begin(db=self._dbs["keys"]) as txn:
+            v = txn.get(name.encode())
+        return None if v is None else _KEYVAL.unpack(v)
+
+    def key_name(self, key_id: int) -> str | None:
+        """The name of key_id, or None."""
+        with self.env.begin(db=self._dbs["key_names"]) as txn:
+            v = txn.get(_U32.pack(key_id))
+        return None if v is None else v.decode()
+
+    def keys(self) -> dict[str, tuple[int, int]]:
+        """Every key with sealed records: name -> (key_id, sealed_count)."""
+        with self.env.begin(db=self._dbs["keys"]) as txn:
+            return {k.decode(): _KEYVAL.unpack(v) for k, v in txn.cursor()}
+
+    def next_key_id(self) -> int:
+        """The lowest key id the manifest has not handed out."""
+        return int(self.get_meta("next_key_id") or 1)
+
+    # --------------------------------------------------------- segments
+
+    def segments(self) -> list[SegmentRecord]:
+        """Every segment, by id."""
+        with self.env.begin(db=self._dbs["segments"]) as txn:
+            return [SegmentRecord.from_json(v) for _, v in txn.cursor()]
+
+    def segment(self, segment_id: int) -> SegmentRecord | None:
+        """One segment's record, or None."""
+        with self.env.begin(db=self._dbs["segments"]) as txn:
+            v = txn.get(_U64.pack(segment_id))
+        return None if v is None else SegmentRecord.from_json(v)
+
+    def segment_after(self, segment_id: int) -> SegmentRecord | None:
+        """The first segment with an id above segment_id, or None."""
+        with self.env.begin(db=self._dbs["segments"]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(_U64.pack(segment_id + 1)):
+                return None
+            return SegmentRecord.from_json(cur.value())
+
+    def segment_for_lsn(self, lsn: int) -> int | None:
+        """The sealed segment whose LSN range reaches lsn (the first one
+        ending at or after it), or None."""
+        with self.env.begin(db=self._dbs["lsn_segments"]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(_U64.pack(lsn)):
+                return None
+            return _U64.unpack(cur.value())[0]
+
+    def key_ranges(self, key_id: int) -> list[tuple[int, int, int, int]]:
+        """The key's sealed ranges in offset order: (last_offset, segment_id,
+        first_offset, count)."""
+        out = []
+        prefix = _U32.pack(key_id)
+        with self.env.begin(db=self._dbs["key_segments"]) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if k[:4] != prefix:
+                        break
+                    seg, first, count = _RANGE.unpack(v)
+                    out.append((_KEYSEG.unpack(k)[1], seg, first, count))
+        return out
+
+    def find_segment(self, key_id: int, offset: int) -> tuple[int, int, int] | None:
+        """(segment_id, first_offset, count) of the sealed segment holding
+        (key_id, offset), or None: one range lookup."""
+        with self.env.begin(db=self._dbs["key_segments"]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(_KEYSEG.pack(key_id, offset)):
+                return None
+            kid, _ = _KEYSEG.unpack(cur.key())
+            if kid != key_id:
+                return None
+            seg, first, count = _RANGE.unpack(cur.value())
+            return (seg, first, count) if first <= offset else None
+
+    def record_open(self, rec: SegmentRecord, event: str = "SegmentOpened", **fields: Any) -> None:
+        """A new active segment."""
+        with self.env.begin(write=True) as txn:
+            txn.put(_U64.pack(rec.segment_id), rec.to_json(), db=self._dbs["segments"])
+            self._event(txn, event, segment=rec.segment_id, first_lsn=rec.first_lsn, **fields)
+
+    def record_seal(
+        self,
+        rec: SegmentRecord,
+        ranges: list[tuple[int, int, int]],
+        names: dict[int, str],
+        next_key_id: int,
+        opened: SegmentRecord | None = None,
+    ) -> None:
+        """A sealed segment, its per-key ranges ((key_id, first_offset,
+        count)), the names of keys it introduces and, in the same
+        transaction, the segment that replaces it as active."""
+        with self.env.begin(write=True) as txn:
+            keys, key_names = self._dbs["keys"], self._dbs["key_names"]
+            for key_id, name in names.items():
+                txn.put(_U32.pack(key_id), name.encode(), db=key_names)
+            for key_id, first, count in ranges:
+                name = names.get(key_id)
+                if name is None:
+                    raw = txn.get(_U32.pack(key_id), db=key_names)
+                    if raw is None:
+                        raise errors.CorruptionError(
+                            f"segment {rec.segment_id} holds key id {key_id}, which the manifest does not name"
+                        )
+                    name = raw.decode()
+                txn.put(name.encode(), _KEYVAL.pack(key_id, first + count), db=keys)
+                txn.put(
+                    _KEYSEG.pack(key_id, first + count - 1),
+                    _RANGE.pack(rec.segment_id, first, count),
+                    db=self._dbs["key_segments"],
+                )
+            if rec.record_count:
+                txn.put(_U64.pack(rec.last_lsn), _U64.pack(rec.segment_id), db=self._dbs["lsn_segments"])
+            txn.put(_U64.pack(rec.segment_id), rec.to_json(), db=self._dbs["segments"])
+            meta = self._dbs["meta"]
+            if next_key_id > int(txn.get(b"next_key_id", db=meta) or b"1"):
+                txn.put(b"next_key_id", str(next_key_id).encode(), db=meta)
+            self._event(
+                txn,
+                "SealSegment",
+                segment=rec.segment_id,
+                records=rec.record_count,
+                bytes=rec.file_bytes,
+                last_lsn=rec.last_lsn,
+            )
+            if opened is not None:
+                txn.put(_U64.pack(opened.segment_id), opened.to_json(), db=self._dbs["segments"])
+                self._event(txn, "SegmentOpened", segment=opened.segment_id, first_lsn=opened.first_lsn)
+
+    def forget_segment(self, segment_id: int, reason: str) -> None:
+        """Drop an active segment that never reached disk intact."""
+        with self.env.begin(write=True) as txn:
+            txn.delete(_U64.pack(segment_id), db=self._dbs["segments"])
+            self._event(txn, "SegmentDiscarded", segment=segment_id, reason=reason)
+
+    # ----------------------------------------------------------- ledger
+
+    def log_event(self, event: str, **fields: Any) -> int:
+        """Append one event to the ledger; returns its sequence number."""
+        with self.env.begin(write=True) as txn:
+            return self._event(txn, event, **fields)
+
+    def _event(self, txn, event: str, **fields: Any) -> int:
+        if event not in EVENT_TYPES:
+            raise ValueError(f"unknown ledger event {event!r}")
+        ledger = self._dbs["ledger"]
+        cur = txn.cursor(db=ledger)
+        seq = _U64.unpack(cur.key())[0] + 1 if cur.last() else 1
+        body = {"seq": seq, "type": event, "time_ms": _now_ms(), **fields}
+        txn.put(_U64.pack(seq), json.dumps(body, separators=(",", ":")).encode(), db=ledger)
+        return seq
+
+    def ledger(self, start: int = 1) -> Iterator[dict[str, Any]]:
+        """Ledger events from sequence number start on."""
+        with self.env.begin(db=self._dbs["ledger"]) as txn:
+            cur = txn.cursor()
+            if cur.set_range(_U64.pack(max(start, 0))):
+                for _, v in cur:
+                    yield json.loads(v)
+
+    def ledger_seq(self) -> int:
+        """The last ledger sequence number (0 when empty): changes on every
+        manifest write, so a follower can tell when to reload."""
+        with self.env.begin(db=self._dbs["ledger"]) as txn:
+            cur = txn.cursor()
+            return _U64.unpack(cur.key())[0] if cur.last() else 0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

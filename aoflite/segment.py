@@ -1,0 +1,470 @@
+"""The binding's only user: wraps the C segment engine (native/aoflite.h).
+
+Arguments are validated before they reach C, every status is checked as
+soon as it comes back, and C failures become aoflite exceptions carrying
+the file and byte position the engine reported. Everything else in aoflite
+talks to this module, never to ``lib``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import NamedTuple
+
+import attrs
+
+from . import errors
+from ._native import ffi, lib
+
+__all__ = [
+    "Segment",
+    "Writer",
+    "ScanReport",
+    "SegmentInfo",
+    "KeyRange",
+    "crc32c",
+    "crc32c_hardware",
+    "force_software_crc32c",
+    "FORMAT_VERSION",
+    "HEADER_BYTES",
+    "RECORD_HEADER_BYTES",
+    "FOOTER_BYTES",
+    "MAX_KEY_BYTES",
+    "MAX_RECORD_BYTES",
+]
+
+FORMAT_VERSION: int = lib.AOF_FORMAT_VERSION
+HEADER_BYTES: int = lib.AOF_HEADER_BYTES
+RECORD_HEADER_BYTES: int = lib.AOF_RECORD_HEADER_BYTES
+FOOTER_BYTES: int = lib.AOF_FOOTER_BYTES
+MAX_KEY_BYTES: int = lib.AOF_MAX_KEY_BYTES
+MAX_RECORD_BYTES: int = lib.AOF_MAX_RECORD_BYTES
+
+COLS = lib.AOF_COLS
+STOP_REASONS = {
+    lib.AOF_STOP_END: "end",
+    lib.AOF_STOP_TORN: "torn",
+    lib.AOF_STOP_CHECKSUM: "checksum",
+    lib.AOF_STOP_BADHEADER: "bad header",
+    lib.AOF_STOP_SEQUENCE: "out of sequence",
+    lib.AOF_STOP_SEALED: "sealed",
+}
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    """CRC32C of data (unmasked), continuing from crc."""
+    return lib.aof_crc32c(crc, data, len(data))
+
+
+def crc32c_hardware() -> bool:
+    """True while the CPU's CRC32C instruction is in use."""
+    return bool(lib.aof_crc32c_hardware())
+
+
+def force_software_crc32c(force: bool) -> None:
+    """Switch CRC32C to the portable table implementation (tests prove both)."""
+    lib.aof_crc32c_force_software(1 if force else 0)
+
+
+def _raise(rc: int, path: str | None = None, what: str = "") -> None:
+    """Turn an AOF_E* status into the matching aoflite exception."""
+    detail = ffi.new("aof_error *")
+    lib.aof_last_error(detail)
+    msg = ffi.string(detail.msg).decode("utf-8", "replace") if detail.code == rc else ""
+    if not msg:
+        msg = ffi.string(lib.aof_strerror(rc)).decode()
+    if what:
+        msg = f"{what}: {msg}"
+    pos = int(detail.pos) if detail.code == rc else None
+    if rc == lib.AOF_ECORRUPT:
+        raise errors.CorruptionError(
+            f"{msg} (the segment is damaged: restore it from a replica or run 'aoflite verify')",
+            path=path,
+            position=pos,
+        )
+    if rc in (lib.AOF_EFORMAT, lib.AOF_EVERSION):
+        raise errors.FormatError(msg)
+    if rc == lib.AOF_ENOTFOUND:
+        raise errors.NotFound(msg)
+    if rc == lib.AOF_ETOOBIG:
+        raise errors.RecordTooLarge(msg)
+    if rc == lib.AOF_ECLOSED:
+        raise errors.ClosedError(msg)
+    if rc == lib.AOF_EREADONLY:
+        raise errors.ReadOnlyError(msg)
+    if rc == lib.AOF_ETXN:
+        raise errors.TransactionError(msg)
+    if rc == lib.AOF_EINVAL:
+        raise ValueError(msg)
+    if rc == lib.AOF_ENOMEM:
+        raise MemoryError(msg)
+    if rc == lib.AOF_EIO:
+        raise errors.StorageError(detail.sys_errno, f"{msg} (check free space and the device)")
+    raise errors.Error(msg)
+
+
+class ScanReport(NamedTuple):
+    """What a recovery or follow scan found: records end at valid_end."""
+
+    valid_end: int
+    stop_pos: int
+    dropped_bytes: int
+    dropped_records: int
+    reason: str
+
+
+class SegmentInfo(NamedTuple):
+    """A segment's header and footer facts."""
+
+    store_id: int
+    segment_id: int
+    first_lsn: int
+    created_ms: int
+    version: int
+    sealed: bool
+    records_end: int
+    file_bytes: int
+    record_count: int
+    last_lsn: int
+    key_count: int
+    file_crc: int
+
+
+class KeyRange(NamedTuple):
+    """One key's records inside one segment."""
+
+    key_id: int
+    first_offset: int
+    count: int
+
+
+def _report(rep) -> ScanReport:
+    return ScanReport(
+        int(rep.valid_end),
+        int(rep.stop_pos),
+        int(rep.dropped_bytes),
+        int(rep.dropped_records),
+        STOP_REASONS.get(rep.reason, str(rep.reason)),
+    )
+
+
+def _path(path: str | os.PathLike) -> bytes:
+    return os.fsencode(path)
+
+
+@attrs.define(eq=False)
+class _Columns:
+    """A reusable output block for reads: AOF_COLS columns of cap values."""
+
+    cap: int
+    arr: object
+
+    @classmethod
+    def new(cls, cap: int) -> _Columns:
+        return cls(cap, ffi.new("uint64_t[]", COLS * cap))
+
+    def rows(self, n: int) -> list[list[int]]:
+        """The first n values of each column, as lists."""
+        flat = ffi.unpack(self.arr, COLS * self.cap)
+        cap = self.cap
+        return [flat[c * cap : c * cap + n] for c in range(COLS)]
+
+
+class Segment:
+    """One segment file. Sealed segments are read-only maps; the active one
+    is appended to through a Writer; a read-only handle follows an unsealed
+    one with refresh()."""
+
+    __slots__ = ("path", "_ptr", "_buf", "_tls", "__weakref__")
+
+    def __init__(self, ptr, path: str):
+        self.path = path
+        self._ptr = ffi.gc(ptr, lib.aof_seg_free)
+        base = ffi.new("char **")
+        size = ffi.new("uint64_t *")
+        lib.aof_seg_memory(self._ptr, base, size)
+        # a zero-copy view of the segment's memory; values are sliced from it
+        self._buf = ffi.buffer(base[0], size[0]) if size[0] else b""
+        self._tls = threading.local()
+
+    @classmethod
+    def create(
+        cls, path: str, *, store_id: int, segment_id: int, first_lsn: int, capacity: int
+    ) -> Segment:
+        """Create, preallocate and sync a new, empty segment file."""
+        out = ffi.new("aof_seg **")
+        rc = lib.aof_seg_create(_path(path), store_id, segment_id, first_lsn, capacity, out)
+        if rc:
+            _raise(rc, path, f"creating segment {path}")
+        return cls(out[0], path)
+
+    @classmethod
+    def open(cls, path: str, *, write: bool = False, capacity: int = 0) -> tuple[Segment, ScanReport]:
+        """Open a segment; write=True recovers an unsealed tail for appending."""
+        out = ffi.new("aof_seg **")
+        rep = ffi.new("aof_scan_report *")
+        mode = lib.AOF_OPEN_WRITE if write else lib.AOF_OPEN_READ
+        rc = lib.aof_seg_open(_path(path), mode, capacity, out, rep)
+        if rc:
+            _raise(rc, path, f"opening segment {path}")
+        return cls(out[0], path), _report(rep)
+
+    @staticmethod
+    def check_bytes(data: bytes) -> tuple[SegmentInfo, ScanReport]:
+        """Parse and check a whole segment image held in memory."""
+        info = ffi.new("aof_seg_info *")
+        rep = ffi.new("aof_scan_report *")
+        rc = lib.aof_seg_check_buffer(data, len(data), info, rep)
+        if rc:
+            _raise(rc, None, "checking segment bytes")
+        return _info(info), _report(rep)
+
+    def info(self) -> SegmentInfo:
+        """Header and footer facts, and the committed extent."""
+        out = ffi.new("aof_seg_info *")
+        lib.aof_seg_info_get(self._ptr, out)
+        return _info(out)
+
+    def refresh(self) -> ScanReport:
+        """Follower: take in what the writer committed since the last call."""
+        rep = ffi.new("aof_scan_report *")
+        rc = lib.aof_seg_refresh(self._ptr, rep)
+        if rc:
+            _raise(rc, self.path, f"following segment {self.path}")
+        return _report(rep)
+
+    def seal(self) -> SegmentInfo:
+        """Write the index and footer and sync; the segment becomes read-only."""
+        rc = lib.aof_seg_seal(self._ptr)
+        if rc:
+            _raise(rc, self.path, f"sealing segment {self.path}")
+        return self.info()
+
+    def verify(self) -> None:
+        """Check the file CRC, every record, and the index of a sealed segment."""
+        rc = lib.aof_seg_verify(self._ptr)
+        if rc:
+            _raise(rc, self.path, f"verifying segment {self.path}")
+
+    def memory(self) -> memoryview:
+        """The segment's bytes (sealed: exactly the file)."""
+        return memoryview(self._buf)
+
+    def keys(self) -> list[KeyRange]:
+        """Every key with records in this segment (visible to this thread)."""
+        n = ffi.new("size_t *")
+        lib.aof_seg_keys(self._ptr, ffi.NULL, 0, n)
+        cap = n[0] + 16
+        out = ffi.new("aof_key_range[]", cap)
+        lib.aof_seg_keys(self._ptr, out, cap, n)
+        return [KeyRange(out[i].key_id, out[i].first_offset, out[i].count) for i in range(min(n[0], cap))]
+
+    def key_range(self, key_id: int) -> KeyRange | None:
+        """The key's offsets in this segment, or None."""
+        out = self._tls.__dict__.get("range")
+        if out is None:
+            out = self._tls.range = ffi.new("aof_key_range *")
+        if lib.aof_seg_key_range(self._ptr, key_id, out):
+            return None
+        return KeyRange(key_id, out.first_offset, out.count)
+
+    def key_name(self, key_id: int) -> str:
+        """The name the segment's key definition record gives key_id."""
+        buf = ffi.new("char[]", MAX_KEY_BYTES)
+        n = ffi.new("size_t *")
+        rc = lib.aof_seg_key_name(self._ptr, key_id, buf, MAX_KEY_BYTES, n)
+        if rc:
+            _raise(rc, self.path, f"reading key id {key_id} in {self.path}")
+        return ffi.unpack(buf, n[0]).decode("utf-8")
+
+    def _cols(self, cap: int) -> _Columns:
+        cols = self._tls.__dict__.get(cap)
+        if cols is None:
+            cols = _Columns.new(cap)
+            self._tls.__dict__[cap] = cols
+        return cols
+
+    def read(self, key_id: int, offset: int) -> tuple[int, int, bytes] | None:
+        """(lsn, timestamp_ms, value) of one record, or None if not here."""
+        cols = self._cols(1)
+        n = ffi.new("size_t *")
+        rc = lib.aof_seg_read_range(self._ptr, key_id, offset, cols.arr, 1, n)
+        if rc:
+            if rc == lib.AOF_ENOTFOUND:
+                return None
+            _raise(rc, self.path, f"reading key id {key_id} offset {offset}")
+        _, lsn, ts, _, vs, ve = ffi.unpack(cols.arr, COLS)
+        return lsn, ts, self._buf[vs:ve]
+
+    def read_range(self, key_id: int, offset: int, cap: int):
+        """Columns (offsets, lsns, timestamps, values) of up to cap records of
+        key_id from offset on; empty when offset is not here."""
+        cols = _Columns.new(cap)
+        n = ffi.new("size_t *")
+        rc = lib.aof_seg_read_range(self._ptr, key_id, offset, cols.arr, cap, n)
+        if rc and rc != lib.AOF_ENOTFOUND:
+            _raise(rc, self.path, f"reading key id {key_id} from offset {offset}")
+        return self._columns(cols, n[0])
+
+    def scan(self, pos: int, min_lsn: int, cap: int):
+        """Data records in file order from byte pos: (next_pos, key_ids,
+        offsets, lsns, timestamps, values)."""
+        cols = _Columns.new(cap)
+        n = ffi.new("size_t *")
+        p = ffi.new("uint64_t *", pos)
+        rc = lib.aof_seg_scan(self._ptr, p, min_lsn, cols.arr, cap, n)
+        if rc:
+            _raise(rc, self.path, f"scanning {self.path}")
+        offs, lsns, tss, vals = self._columns(cols, n[0])
+        kids = ffi.unpack(cols.arr + lib.AOF_COL_KEY_ID * cap, n[0])
+        return p[0], kids, offs, lsns, tss, vals
+
+    def _columns(self, cols: _Columns, n: int):
+        if not n:
+            return [], [], [], []
+        offs, lsns, tss, _, vs, ve = cols.rows(n)
+        vals = list(map(self._buf.__getitem__, map(slice, vs, ve)))
+        return offs, lsns, tss, vals
+
+
+def _info(i) -> SegmentInfo:
+    return SegmentInfo(
+        int(i.store_id),
+        int(i.segment_id),
+        int(i.first_lsn),
+        int(i.created_ms),
+        int(i.version),
+        bool(i.sealed),
+        int(i.records_end),
+        int(i.file_bytes),
+        int(i.record_count),
+        int(i.last_lsn),
+        int(i.key_count),
+        int(i.file_crc),
+    )
+
+
+class Writer:
+    """Appends to the active segment; see aof_writer_* in native/aoflite.h.
+
+    ``append_fn`` and ``sync_fn`` are the raw C calls with the writer bound,
+    for the store's hot path: they return an offset (>= 0) or an AOF_E*
+    code, and the caller hands any negative result to ``fail``.
+    """
+
+    __slots__ = ("_ptr", "segment", "append_fn", "sync_fn")
+
+    def __init__(self, next_lsn: int, max_record_bytes: int, flush_bytes: int):
+        out = ffi.new("aof_writer **")
+        rc = lib.aof_writer_new(next_lsn, max_record_bytes, flush_bytes, out)
+        if rc:
+            _raise(rc, None, "creating the writer")
+        self._ptr = ffi.gc(out[0], lib.aof_writer_free)
+        self.segment: Segment | None = None
+        self.append_fn = functools.partial(lib.aof_writer_append, self._ptr)
+        self.sync_fn = functools.partial(lib.aof_writer_sync, self._ptr, ffi.NULL)
+
+    AOF_EFULL = lib.AOF_EFULL
+    AOF_ENOSEG = lib.AOF_ENOSEG
+    AOF_ENOKEY = lib.AOF_ENOKEY
+    AOF_ECLOSED = lib.AOF_ECLOSED
+    AOF_EREADONLY = lib.AOF_EREADONLY
+
+    @staticmethod
+    def fail(rc: int, what: str) -> None:
+        """Raise the exception for a negative status from append_fn/sync_fn."""
+        _raise(rc, None, what)
+
+    def set_key(self, key_id: int, name: bytes, next_offset: int) -> None:
+        """Register a key with its name and the offset its next record gets."""
+        rc = lib.aof_writer_set_key(self._ptr, key_id, name, len(name), next_offset)
+        if rc:
+            _raise(rc, None, f"registering key {name!r}")
+
+    def attach(self, seg: Segment) -> None:
+        """Make seg the active segment."""
+        rc = lib.aof_writer_attach(self._ptr, seg._ptr)
+        if rc:
+            _raise(rc, seg.path, f"activating segment {seg.path}")
+        self.segment = seg
+
+    def detach(self) -> Segment | None:
+        """Stop appending to the active segment (synced) and return it."""
+        rc = lib.aof_writer_detach(self._ptr)
+        if rc:
+            _raise(rc, None, "rolling the active segment")
+        seg, self.segment = self.segment, None
+        return seg
+
+    def append_many(self, key_id: int, buf, lens, n: int, timestamp_ms: int) -> int:
+        """Append n records laid back to back in buf; returns the first offset."""
+        r = lib.aof_writer_append_many(self._ptr, key_id, buf, lens, n, timestamp_ms)
+        return r
+
+    def begin(self) -> None:
+        """Open a transaction owned by the calling thread."""
+        rc = lib.aof_writer_begin(self._ptr)
+        if rc:
+            _raise(rc, None, "beginning a transaction")
+
+    def begin_rc(self) -> int:
+        """begin() returning the raw status (AOF_ENOSEG while rolling)."""
+        return lib.aof_writer_begin(self._ptr)
+
+    def end(self, commit: bool) -> None:
+        """Commit or roll back the calling thread's transaction."""
+        rc = lib.aof_writer_end(self._ptr, 1 if commit else 0)
+        if rc:
+            _raise(rc, None, "committing a transaction" if commit else "rolling back a transaction")
+
+    def sync(self) -> int:
+        """Make everything appended durable; returns the durable LSN."""
+        out = ffi.new("uint64_t *")
+        rc = lib.aof_writer_sync(self._ptr, out)
+        if rc:
+            _raise(rc, None, "syncing")
+        return int(out[0])
+
+    def wait_dirty(self, timeout_ms: int) -> int:
+        """Background flusher: 0 when there is something to sync, else a code."""
+        return lib.aof_writer_wait_dirty(self._ptr, timeout_ms)
+
+    def wait_commit(self, gen: int, timeout_ms: int) -> int:
+        """Tailers: wait for a commit after generation gen; returns the new one."""
+        out = ffi.new("uint64_t *")
+        lib.aof_writer_wait_commit(self._ptr, gen, timeout_ms, out)
+        return int(out[0])
+
+    def next_offset(self, key_id: int) -> int:
+        """The key's next offset (another thread's open transaction hidden)."""
+        out = ffi.new("uint64_t *")
+        rc = lib.aof_writer_next_offset(self._ptr, key_id, out)
+        if rc:
+            _raise(rc, None, f"key id {key_id}")
+        return int(out[0])
+
+    def next_lsn(self) -> int:
+        """The LSN the next data record gets."""
+        return int(lib.aof_writer_next_lsn(self._ptr))
+
+    def unsynced_bytes(self) -> int:
+        """Bytes appended but not yet on stable storage."""
+        return int(lib.aof_writer_unsynced_bytes(self._ptr))
+
+    def close(self) -> None:
+        """Sync and refuse further appends."""
+        rc = lib.aof_writer_close(self._ptr)
+        if rc:
+            _raise(rc, None, "closing the writer")
+
+    @staticmethod
+    def lens_array(lengths: list[int]):
+        """A C array of record lengths for append_many."""
+        return ffi.new("uint64_t[]", lengths)
+
+    @staticmethod
+    def from_buffer(value):
+        """A zero-copy C view of any bytes-like object."""
+        return ffi.from_buffer(value)

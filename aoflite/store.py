@@ -1,0 +1,808 @@
+"""The store handle: what ``aoflite.open`` returns.
+
+A handle either writes (one per store across processes, guarded by an
+flock) or reads (any number, in this or other processes). The writer's hot
+path is one dict lookup and one C call; everything rare (new keys, segment
+rolls, errors) takes the slow path under ``_lock``. Reads go to the active
+segment's in-memory index or, for sealed segments, to the manifest's key
+ranges (cached per key) and a small cache of mapped segment files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import weakref
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from itertools import repeat
+from operator import itemgetter
+from typing import Any
+
+from . import errors, layout, recovery
+from .config import Config
+from .manifest import Manifest
+from .record import Record
+from .segment import MAX_KEY_BYTES, Segment, Writer
+
+__all__ = ["Store", "open"]
+
+_new_record = tuple.__new__  # tuple.__new__(Record, fields): a Record without a Python frame
+_CHUNK = 512  # records fetched from C per call while scanning
+_first = itemgetter(0)
+
+
+def open(
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    durability: str | None = None,
+    config: Config | None = None,
+    **overrides: Any,
+) -> Store:
+    """Open (or create) the store at path.
+
+    A missing path is created unless readonly (then NotFound). A path that
+    exists but is not an aoflite store raises FormatError and is left as it
+    was. ``durability`` is "full", "normal" (the default) or "off"; see
+    ``aoflite.config.DURABILITY_MODES`` for what each guarantees. Other
+    keyword arguments override settings by their flattened names
+    (``segment_bytes=...``); unknown or out-of-range ones raise ValueError.
+    """
+    if config is None:
+        config = Config()
+    elif not isinstance(config, Config):
+        raise TypeError(f"config must be an aoflite.Config, not {type(config).__name__}")
+    if durability is not None:
+        overrides["durability"] = durability
+    if overrides:
+        config = config.evolve(**overrides)
+    if not isinstance(readonly, bool):
+        raise TypeError("readonly must be True or False")
+    return Store(os.fspath(path), readonly=readonly, config=config)
+
+
+class _Names(dict):
+    """key_id -> name, filled on demand from the manifest or live segments."""
+
+    def __init__(self, store: Store):
+        super().__init__()
+        self._store = weakref.ref(store)
+
+    def __missing__(self, key_id: int) -> str:
+        store = self._store()
+        name = store._manifest.key_name(key_id) if store else None
+        if name is None and store is not None:
+            for seg in store._live:
+                with contextlib.suppress(errors.NotFound):
+                    name = seg.key_name(key_id)
+                    break
+        if name is None:
+            raise errors.CorruptionError(f"a record refers to key id {key_id}, which no manifest entry or segment names")
+        self[key_id] = name
+        return name
+
+
+def _check_key(key: Any) -> bytes:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, not {type(key).__name__}")
+    try:
+        raw = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"key {key!r} is not valid UTF-8 (lone surrogate)") from None
+    if not 0 < len(raw) <= MAX_KEY_BYTES:
+        raise ValueError(f"key must be 1 to {MAX_KEY_BYTES} UTF-8 bytes, got {len(raw)}")
+    if b"\0" in raw:
+        raise ValueError(f"key {key!r} contains a NUL character")
+    return raw
+
+
+def _check_offset(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        raise TypeError(f"{what} must be bytes-like, not str (encode it first)")
+    try:
+        return memoryview(value).tobytes()
+    except TypeError:
+        raise TypeError(f"{what} must be bytes-like, not {type(value).__name__}") from None
+
+
+class Store:
+    """An open aoflite store. Thread-safe. Use ``aoflite.open`` to get one."""
+
+    def __init__(self, path: str, *, readonly: bool, config: Config):
+        self.path = os.path.abspath(path)
+        self.readonly = readonly
+        self.config = config
+        self._closed = False
+        self._lock = threading.RLock()  # writer slow paths; held for a whole transaction
+        self._seg_lock = threading.Lock()  # the sealed-segment cache
+        self._tx_owner: int | None = None
+        self._kids: dict[str, int] = {}
+        self._names = _Names(self)
+        self._ranges: dict[int, list[tuple[int, int, int]]] = {}
+        self._sealed: OrderedDict[int, Segment] = OrderedDict()
+        self._live: list[Segment] = []  # unsealed segments read through their in-memory index
+        self._writer: Writer | None = None
+        self._lock_fd: int | None = None
+        self._flusher: threading.Thread | None = None
+        self._flush_error: BaseException | None = None
+        self._broken: BaseException | None = None
+        self._full = config.durability.mode == "full"
+        self._max_record = config.segment.max_record_bytes
+        self._manifest_seq = -1
+        self._seen_kids: set[int] = set()
+
+        state = layout.inspect_path(self.path)
+        if state == "missing" and readonly:
+            raise errors.NotFound(f"{self.path}: no store here (open it writable once to create it)")
+        if state == "empty" and readonly:
+            raise errors.NotFound(f"{self.path}: empty directory, no store here")
+        if not readonly:
+            if state == "missing":
+                os.makedirs(self.path)
+            self._lock_fd = layout.acquire_lock(self.path)
+        try:
+            if state in ("missing", "empty"):
+                self._store_id = layout.create_layout(self.path)
+                self._manifest = Manifest(layout.manifest_dir(self.path), create=True)
+                self._manifest.init_store(self._store_id, layout.FORMAT_VERSION)
+            else:
+                _, self._store_id = layout.read_marker(self.path)
+                self._manifest = Manifest(layout.manifest_dir(self.path), create=not readonly)
+                if self._manifest.get_meta("store_id") is None and not readonly:
+                    self._manifest.init_store(self._store_id, layout.FORMAT_VERSION)
+            if readonly:
+                self._open_follower()
+            else:
+                self._open_writer()
+        except BaseException:
+            self._release()
+            raise
+        self._finalizer = weakref.finalize(self, Store._finalize, self._writer, self._flusher)
+
+    # ----------------------------------------------------------- opening
+
+    def _open_writer(self) -> None:
+        cfg = self.config
+        active, next_lsn = recovery.open_active(self.path, self._manifest, self._store_id, cfg.segment.segment_bytes)
+        w = Writer(next_lsn, cfg.segment.max_record_bytes, cfg.durability.flush_bytes)
+        self._next_kid = self._manifest.next_key_id()
+        if active is not None:
+            for r in active.keys():
+                name = active.key_name(r.key_id)
+                self._register(w, r.key_id, name, r.first_offset + r.count)
+            w.attach(active)
+            self._live = [active]
+        self._writer = w
+        if active is None:
+            self._open_next_segment()
+        self._append_fn = w.append_fn
+        self._sync_fn = w.sync_fn
+        if cfg.durability.mode == "normal":
+            self._flusher = threading.Thread(
+                target=_flush_loop,
+                args=(w, cfg.durability.flush_interval_ms, weakref.ref(self)),
+                name=f"aoflite-flush:{os.path.basename(self.path)}",
+                daemon=True,
+            )
+            self._flusher.start()
+
+    def _register(self, w: Writer, key_id: int, name: str, next_offset: int) -> None:
+        w.set_key(key_id, name.encode(), next_offset)
+        self._kids[name] = key_id
+        self._names[key_id] = name
+        self._next_kid = max(self._next_kid, key_id + 1)
+
+    def _open_follower(self) -> None:
+        self._append_fn = _no_writer
+        self._sync_fn = _no_writer
+        self._refresh_lock = threading.Lock()
+        self._refresh(force=True)
+
+    def _refresh(self, force: bool = False) -> None:
+        """Follower: take in what the writer committed, rolled and sealed."""
+        if self._writer is not None:
+            return
+        with self._refresh_lock:
+            seq = self._manifest.ledger_seq()
+            if force or seq != self._manifest_seq:
+                self._manifest_seq = seq
+                self._ranges.clear()
+                known = {r.segment_id: r for r in self._manifest.segments()}
+                self._live = [s for s in self._live if known.get(s.info().segment_id, None) is None or known[s.info().segment_id].state != "sealed"]
+                for sid, rec in known.items():
+                    if rec.state == "active" and not any(s.info().segment_id == sid for s in self._live):
+                        self._follow(sid)
+                newest = max([*known, *(s.info().segment_id for s in self._live)], default=0)
+            else:
+                newest = max((s.info().segment_id for s in self._live), default=0)
+                for seg in self._live:
+                    seg.refresh()
+            for sid in layout.segment_ids(self.path):
+                if sid > newest:
+                    self._follow(sid)
+            self._live.sort(key=lambda s: s.info().segment_id)
+
+    def _follow(self, segment_id: int) -> None:
+        path = layout.segment_path(self.path, segment_id)
+        try:
+            seg, _ = Segment.open(path)
+        except (errors.NotFound, errors.FormatError):
+            return  # being created, or discarded by the writer's recovery
+        info = seg.info()
+        recovery.check_identity(seg, info, self._store_id, segment_id)
+        self._live.append(seg)
+
+    def _open_next_segment(self) -> None:
+        """Create the next active segment (under _lock, none active)."""
+        w = self._writer
+        assert w is not None and w.segment is None
+        last = max(layout.segment_ids(self.path), default=0)
+        seg, rec = recovery.new_segment(
+            self.path, self._store_id, last + 1, w.next_lsn(), self.config.segment.segment_bytes
+        )
+        self._manifest.record_open(rec)
+        w.attach(seg)
+        self._live = [seg]
+
+    # ---------------------------------------------------------- checks
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.ClosedError(f"{self.path}: store is closed")
+        if self._broken is not None:
+            raise errors.Error(
+                f"{self.path}: the manifest could not record a sealed segment ({self._broken}); "
+                "close and reopen the store to reconcile it"
+            ) from self._broken
+
+    def _check_writable(self) -> Writer:
+        self._check_open()
+        if self._writer is None:
+            raise errors.ReadOnlyError(f"{self.path}: handle is read-only (open without readonly=True to write)")
+        return self._writer
+
+    # ---------------------------------------------------------- writing
+
+    def append(self, key: str, value: bytes, *, timestamp_ms: int | None = None) -> int:
+        """Append value to key's log; returns its offset (dense from 0).
+
+        Durable on return in "full" mode; otherwise see commit()."""
+        kid = self._kids.get(key)
+        if kid is not None and value.__class__ is bytes and timestamp_ms is None:
+            off = self._append_fn(kid, value, len(value), -1)
+            if off >= 0:
+                if self._full and self._tx_owner is None:
+                    self._sync_or_raise()
+                return off
+        return self._append_slow(key, value, timestamp_ms)
+
+    def _append_slow(self, key: Any, value: Any, timestamp_ms: Any) -> int:
+        w = self._check_writable()
+        _check_key(key)
+        value = _as_bytes(value, "value")
+        ts = self._check_timestamp(timestamp_ms)
+        if len(value) > self._max_record:
+            raise errors.RecordTooLarge(
+                f"value of {len(value)} bytes for key {key!r} is above max_record_bytes={self._max_record} "
+                "(raise max_record_bytes or split the value)"
+            )
+        while True:
+            kid = self._kid_for_append(key)
+            off = self._append_fn(kid, value, len(value), ts)
+            if off >= 0:
+                if self._full and self._tx_owner is None:
+                    self._sync_or_raise()
+                return off
+            self._handle_append_status(w, off, key)
+
+    def _handle_append_status(self, w: Writer, rc: int, key: str) -> None:
+        """Deal with a failed append: roll, wait out a roll, or raise."""
+        if rc == Writer.AOF_EFULL:
+            self._roll(w.segment)
+        elif rc == Writer.AOF_ENOSEG:
+            with self._lock:
+                self._check_open()
+                if w.segment is None:
+                    self._open_next_segment()
+        elif rc != Writer.AOF_ENOKEY:
+            Writer.fail(rc, f"appending to key {key!r} in {self.path}")
+
+    def _check_timestamp(self, ts: Any) -> int:
+        if ts is None:
+            return -1
+        if type(ts) is not int:
+            raise TypeError(f"timestamp_ms must be an int, not {type(ts).__name__}")
+        if not 0 <= ts < 2**63:
+            raise ValueError(f"timestamp_ms must be in [0, 2**63), got {ts}")
+        return ts
+
+    def _kid_for_append(self, key: str) -> int:
+        """The key's id, registered with the writer (defining new keys)."""
+        with self._lock:
+            kid = self._kids.get(key)
+            w = self._writer
+            assert w is not None
+            try:
+                if kid is not None:
+                    w.next_offset(kid)
+                    return kid
+            except errors.Error:
+                pass  # known from a read, not yet registered with the writer
+            known = self._manifest.lookup_key(key)
+            if known is not None:
+                kid, count = known
+            else:
+                kid, count = self._next_kid, 0
+            self._register(w, kid, key, count)
+            return kid
+
+    def append_many(self, key: str, values: Iterable[bytes]) -> range:
+        """Append every value to key's log as one atomic batch: after a crash
+        all of them are there or none. Returns the range of their offsets."""
+        w = self._check_writable()
+        _check_key(key)
+        if isinstance(values, (bytes, bytearray, memoryview, str)):
+            raise TypeError("values must be an iterable of bytes-like values, not a single value")
+        try:
+            vals = list(values)
+        except TypeError:
+            raise TypeError(f"values must be an iterable of bytes-like values, not {type(values).__name__}") from None
+        if not all(v.__class__ is bytes for v in vals):
+            vals = [_as_bytes(v, f"values[{i}]") for i, v in enumerate(vals)]
+        if not vals:
+            n = self.count(key)
+            return range(n, n)
+        lens = list(map(len, vals))
+        biggest = max(lens)
+        if biggest > self._max_record:
+            raise errors.RecordTooLarge(
+                f"a value of {biggest} bytes for key {key!r} is above max_record_bytes={self._max_record} "
+                "(raise max_record_bytes or split the value)"
+            )
+        buf = b"".join(vals)
+        clens = Writer.lens_array(lens)
+        while True:
+            kid = self._kids.get(key)
+            if kid is None:
+                kid = self._kid_for_append(key)
+            first = w.append_many(kid, buf, clens, len(vals), -1)
+            if first >= 0:
+                if self._full and self._tx_owner is None:
+                    self._sync_or_raise()
+                return range(first, first + len(vals))
+            if first == Writer.AOF_ENOKEY:
+                self._kid_for_append(key)
+            self._handle_append_status(w, first, key)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All records appended inside (by this thread) survive a crash
+        together or not at all; an exception rolls them back. Other threads'
+        appends wait until the transaction ends. Not nestable."""
+        w = self._check_writable()
+        me = threading.get_ident()
+        if self._tx_owner == me:
+            raise errors.TransactionError("a transaction is already open on this thread (they do not nest)")
+        with self._lock:
+            self._check_open()
+            if w.segment is None:
+                self._open_next_segment()
+            w.begin()
+            self._tx_owner = me
+            try:
+                yield
+            except BaseException:
+                self._tx_owner = None
+                w.end(False)
+                raise
+            self._tx_owner = None
+            w.end(True)
+            if self._full:
+                self._sync_or_raise()
+
+    def _sync_or_raise(self) -> int:
+        rc = self._sync_fn()
+        if rc:
+            Writer.fail(rc, f"syncing {self.path}")
+        return rc
+
+    def commit(self) -> int:
+        """Durable barrier: everything appended before the call is on stable
+        storage when it returns. Returns the last durable LSN."""
+        w = self._check_writable()
+        err, self._flush_error = self._flush_error, None
+        if err is not None:
+            raise errors.StorageError(
+                getattr(err, "errno", 0) or 0, f"background flush failed earlier: {err} (the data is retried now)"
+            ) from err
+        return w.sync()
+
+    def seal(self) -> int | None:
+        """Seal the active segment now (it also happens at segment_bytes) and
+        start a new one. Returns the sealed segment's id, or None when the
+        active segment holds nothing yet."""
+        w = self._check_writable()
+        if self._tx_owner == threading.get_ident():
+            raise errors.TransactionError("cannot seal inside a transaction")
+        with self._lock:
+            self._check_open()
+            seg = w.segment
+            if seg is None or not seg.info().record_count:
+                return None
+            return self._roll(seg)
+
+    def _roll(self, full: Segment | None) -> int | None:
+        """Seal the active segment, if it is still `full`, and open the next."""
+        with self._lock:
+            self._check_open()
+            w = self._writer
+            assert w is not None
+            seg = w.segment
+            if seg is None or seg is not full:
+                return None  # another thread rolled it already
+            w.detach()
+            try:
+                info = seg.seal()
+            except BaseException:
+                w.attach(seg)
+                raise
+            new, opened = recovery.new_segment(
+                self.path, self._store_id, info.segment_id + 1, w.next_lsn(), self.config.segment.segment_bytes
+            )
+            try:
+                ranges = recovery.commit_seal(
+                    self._manifest, seg, info, self._names.get, self._next_kid, opened=opened
+                )
+            except BaseException as e:
+                # The files are right but the manifest is behind: reopening
+                # reconciles them; this handle cannot serve reads correctly.
+                self._broken = e
+                raise
+            for kid, first, count in ranges:
+                cached = self._ranges.get(kid)
+                if cached is not None:
+                    cached.append((first + count - 1, info.segment_id, first))
+            self._cache_segment(info.segment_id, seg)
+            w.attach(new)
+            self._live = [new]
+            return info.segment_id
+
+    # ---------------------------------------------------------- reading
+
+    def _kid(self, key: Any) -> int | None:
+        kid = self._kids.get(key)
+        if kid is not None:
+            return kid
+        _check_key(key)
+        known = self._manifest.lookup_key(key)
+        if known is not None:
+            self._kids[key] = known[0]
+            self._names[known[0]] = key
+            return known[0]
+        if self._writer is None:
+            self._refresh()
+            self._learn_live_keys()
+            return self._kids.get(key)
+        return None
+
+    def _learn_live_keys(self) -> None:
+        for seg in self._live:
+            for r in seg.keys():
+                if r.key_id not in self._seen_kids:
+                    name = seg.key_name(r.key_id)
+                    self._kids[name] = r.key_id
+                    self._names[r.key_id] = name
+                    self._seen_kids.add(r.key_id)
+
+    def _cache_segment(self, segment_id: int, seg: Segment) -> None:
+        with self._seg_lock:
+            self._sealed[segment_id] = seg
+            while len(self._sealed) > self.config.read.open_segments:
+                self._sealed.popitem(last=False)
+
+    def _segment(self, segment_id: int) -> Segment:
+        """A sealed segment, mapped (from the cache when it is there)."""
+        seg = self._sealed.get(segment_id)
+        if seg is not None:
+            return seg
+        for live in self._live:
+            if live.info().segment_id == segment_id:
+                return live
+        path = layout.segment_path(self.path, segment_id)
+        try:
+            seg, _ = Segment.open(path)
+        except errors.NotFound:
+            raise errors.CorruptionError(
+                f"{path}: segment {segment_id} is in the manifest but its file is missing "
+                "(restore it from a backup or replica)",
+                path=path,
+            ) from None
+        info = seg.info()
+        recovery.check_identity(seg, info, self._store_id, segment_id)
+        if not info.sealed:
+            raise errors.CorruptionError(
+                f"{path}: the manifest says segment {segment_id} is sealed but its footer is missing or damaged "
+                "(run 'aoflite verify')",
+                path=path,
+                position=info.file_bytes,
+            )
+        self._cache_segment(segment_id, seg)
+        return seg
+
+    def _key_ranges(self, kid: int) -> list[tuple[int, int, int]]:
+        ranges = self._ranges.get(kid)
+        if ranges is None:
+            ranges = [(last, seg, first) for last, seg, first, _ in self._manifest.key_ranges(kid)]
+            self._ranges[kid] = ranges
+        return ranges
+
+    def _find(self, kid: int, offset: int) -> Segment | None:
+        """The segment holding (kid, offset), or None when it does not exist."""
+        for seg in reversed(self._live):
+            r = seg.key_range(kid)
+            if r is not None and offset >= r.first_offset:
+                return seg if offset < r.first_offset + r.count else None
+        ranges = self._key_ranges(kid)
+        i = bisect_left(ranges, offset, key=_first)
+        if i < len(ranges) and offset >= ranges[i][2]:
+            return self._segment(ranges[i][1])
+        return None
+
+    def read(self, key: str, offset: int) -> Record:
+        """The record at (key, offset); NotFound if there is none."""
+        if self._closed:
+            self._check_open()
+        kid = self._kid(key)
+        if kid is not None and type(offset) is int and offset >= 0:
+            seg = self._find(kid, offset)
+            if seg is None and self._writer is None:
+                self._refresh()
+                seg = self._find(kid, offset)
+            if seg is not None:
+                got = seg.read(kid, offset)
+                if got is not None:
+                    return _new_record(Record, (key, offset, got[0], got[1], got[2]))
+        _check_offset("offset", offset)
+        raise errors.NotFound(f"{self.path}: no record at key {key!r} offset {offset}")
+
+    def scan(self, key: str, start: int = 0, stop: int | None = None) -> Iterator[Record]:
+        """Records of key with start <= offset < stop (stop=None: to the end),
+        in offset order."""
+        self._check_open()
+        _check_offset("start", start)
+        _check_offset("stop", stop, allow_none=True)
+        kid = self._kid(key)
+        return self._scan(key, kid, start, stop) if kid is not None else iter(())
+
+    def _scan(self, key: str, kid: int, off: int, stop: int | None) -> Iterator[Record]:
+        refreshed = False
+        while stop is None or off < stop:
+            self._check_open()
+            seg = self._find(kid, off)
+            if seg is None:
+                if self._writer is not None or refreshed:
+                    return
+                self._refresh()
+                refreshed = True
+                continue
+            n = _CHUNK if stop is None else min(_CHUNK, stop - off)
+            offs, lsns, tss, vals = seg.read_range(kid, off, n)
+            if not offs:
+                return
+            yield from map(_new_record, repeat(Record), zip(repeat(key), offs, lsns, tss, vals))
+            off = offs[-1] + 1
+
+    def last(self, key: str) -> Record | None:
+        """The key's newest record, or None when it has none."""
+        n = self.count(key)
+        return self.read(key, n - 1) if n else None
+
+    def count(self, key: str) -> int:
+        """Records ever appended to key: its next offset."""
+        self._check_open()
+        kid = self._kid(key)
+        if kid is None:
+            return 0
+        w = self._writer
+        if w is not None:
+            with contextlib.suppress(errors.Error):
+                return w.next_offset(kid)
+        else:
+            self._refresh()
+            for seg in reversed(self._live):
+                r = seg.key_range(kid)
+                if r is not None:
+                    return r.first_offset + r.count
+        known = self._manifest.lookup_key(key)
+        return known[1] if known else 0
+
+    def keys(self) -> list[str]:
+        """Every key with at least one record, sorted."""
+        self._check_open()
+        self._refresh()
+        names = set(self._manifest.keys())
+        for seg in self._live:
+            for r in seg.keys():
+                names.add(self._names[r.key_id])
+        return sorted(names)
+
+    def scan_all(self, start_lsn: int = 0) -> Iterator[Record]:
+        """Every record of every key in append (LSN) order from start_lsn: a
+        change feed."""
+        self._check_open()
+        _check_offset("start_lsn", start_lsn)
+        return self._scan_all(max(start_lsn, 1))
+
+    def _scan_all(self, lsn: int) -> Iterator[Record]:
+        self._refresh()
+        sid = self._manifest.segment_for_lsn(lsn)
+        seg = self._segment(sid) if sid is not None else (self._live[0] if self._live else None)
+        names = self._names
+        while seg is not None:
+            pos = 0
+            while True:
+                self._check_open()
+                pos, kids, offs, lsns, tss, vals = seg.scan(pos, lsn, _CHUNK)
+                if not kids:
+                    break
+                yield from map(_new_record, repeat(Record), zip(map(names.__getitem__, kids), offs, lsns, tss, vals))
+                lsn = lsns[-1] + 1
+            seg = self._segment_after(seg.info().segment_id)
+
+    def _segment_after(self, segment_id: int) -> Segment | None:
+        self._refresh()
+        for seg in self._live:
+            if seg.info().segment_id > segment_id:
+                return seg
+        rec = self._manifest.segment_after(segment_id)
+        if rec is None:
+            return None
+        if rec.state == "sealed":
+            return self._segment(rec.segment_id)
+        for seg in self._live:
+            if seg.info().segment_id == rec.segment_id:
+                return seg
+        return None
+
+    def tail(self, key: str, start: int = 0, timeout: float | None = None) -> Iterator[Record]:
+        """Records of key from offset start on, waiting for new ones as they
+        are committed. Ends when no new record arrives for timeout seconds
+        (None: never); raises ClosedError if the store is closed meanwhile."""
+        self._check_open()
+        _check_key(key)
+        _check_offset("start", start)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+            if timeout < 0:
+                raise ValueError(f"timeout must be >= 0, got {timeout}")
+        return self._tail(key, start, timeout)
+
+    def _tail(self, key: str, off: int, timeout: float | None) -> Iterator[Record]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        w = self._writer
+        gen = w.wait_commit(-1 & 0xFFFFFFFFFFFFFFFF, 0) if w is not None else 0
+        while True:
+            got = False
+            kid = self._kid(key)
+            if kid is not None:
+                for rec in self._scan(key, kid, off, None):
+                    yield rec
+                    off = rec.offset + 1
+                    got = True
+            if got and timeout is not None:
+                deadline = time.monotonic() + timeout
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            self._check_open()
+            step = 1.0 if remaining is None else min(remaining, 1.0)
+            if w is not None:
+                gen = w.wait_commit(gen, max(1, int(step * 1000)))
+            else:
+                time.sleep(min(step, self.config.read.poll_interval_ms / 1000))
+
+    # ----------------------------------------------------------- status
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the handle's state, for operators and tests."""
+        self._check_open()
+        w = self._writer
+        return {
+            "path": self.path,
+            "readonly": self.readonly,
+            "durability": self.config.durability.mode,
+            "segments": len(self._manifest.segments()),
+            "active_segment": self._live[-1].info().segment_id if self._live else None,
+            "next_lsn": w.next_lsn() if w else None,
+            "unsynced_bytes": w.unsynced_bytes() if w else 0,
+            "open_segments": len(self._sealed),
+        }
+
+    @property
+    def manifest(self) -> Manifest:
+        """The store's manifest (segments, key ranges, ledger)."""
+        return self._manifest
+
+    # ---------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Make everything appended durable and release the store. Idempotent."""
+        if self._closed:
+            return
+        if self._tx_owner == threading.get_ident():
+            raise errors.TransactionError("cannot close inside a transaction (finish it first)")
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._writer is not None:
+                    self._writer.close()
+            finally:
+                self._closed = True
+                self._finalizer.detach()
+                if self._flusher is not None:
+                    self._flusher.join()
+                self._release()
+
+    def _release(self) -> None:
+        manifest = getattr(self, "_manifest", None)
+        if manifest is not None:
+            manifest.close()
+        if self._lock_fd is not None:
+            layout.release_lock(self._lock_fd)
+            self._lock_fd = None
+
+    @staticmethod
+    def _finalize(writer: Writer | None, flusher: threading.Thread | None) -> None:
+        # a handle dropped without close(): still make its appends durable
+        if writer is not None:
+            with contextlib.suppress(errors.Error):
+                writer.close()
+        if flusher is not None:
+            flusher.join(timeout=5)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read-only" if self.readonly else "writable")
+        return f"<aoflite.Store {self.path!r} {state}>"
+
+
+def _no_writer(*args: Any) -> int:
+    return Writer.AOF_EREADONLY
+
+
+def _flush_loop(w: Writer, interval_ms: int, store_ref: weakref.ref) -> None:
+    """Background flusher for durability="normal"."""
+    while True:
+        rc = w.wait_dirty(interval_ms)
+        if rc == Writer.AOF_ECLOSED:
+            return
+        if rc == 0:
+            try:
+                w.sync()
+            except errors.Error as e:
+                store = store_ref()
+                if store is not None:
+                    store._flush_error = e
+                time.sleep(interval_ms / 1000)

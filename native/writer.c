@@ -1,0 +1,490 @@
+/* writer.c: appends to the active segment; owns per-key next offsets, the
+ * next LSN, transactions and group commit.
+ *
+ * One mutex guards the writer; the active segment's own mutex is taken
+ * inside it (writer, then segment) whenever its index changes, so readers
+ * that take only the segment's mutex see a consistent index. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "aof_internal.h"
+
+typedef struct wkey {
+    uint64_t next_offset;
+    char *name;
+    uint32_t name_len;
+} wkey;
+
+struct aof_writer {
+    pthread_mutex_t mu;
+    pthread_cond_t tx_cv;     /* a transaction ended */
+    pthread_cond_t sync_cv;   /* a sync finished */
+    pthread_cond_t dirty_cv;  /* flush_bytes reached (background flusher) */
+    pthread_cond_t commit_cv; /* a batch committed (tailers) */
+    aof_seg *seg;
+    uint64_t epoch; /* bumped when the active segment changes */
+    uint64_t next_lsn;
+    uint64_t committed_lsn; /* last LSN of a complete batch */
+    uint64_t durable_lsn;   /* ... that is on stable storage */
+    uint64_t max_record, flush_bytes;
+    wkey *keys;
+    uint32_t nkeys;
+    /* transaction */
+    int tx_active;
+    pthread_t tx_owner;
+    uint64_t tx_start_pos, tx_start_lsn;
+    /* sync */
+    int syncing, dirty_signaled;
+    uint64_t dur_pos; /* bytes of the active segment known durable */
+    /* tail */
+    uint64_t gen;
+    int waiters;
+    int closed;
+};
+
+int aof_writer_new(uint64_t next_lsn, uint64_t max_record_bytes, uint64_t flush_bytes,
+                   aof_writer **out) {
+    if (!out || next_lsn == 0 || max_record_bytes == 0 || max_record_bytes > AOF_MAX_RECORD_BYTES)
+        return aof_fail(AOF_EINVAL, 0, 0, "aof_writer_new: bad argument");
+    aof_writer *w = calloc(1, sizeof *w);
+    if (!w) return aof_fail(AOF_ENOMEM, ENOMEM, 0, "out of memory");
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->tx_cv, &ca);
+    pthread_cond_init(&w->sync_cv, &ca);
+    pthread_cond_init(&w->dirty_cv, &ca);
+    pthread_cond_init(&w->commit_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->next_lsn = next_lsn;
+    w->committed_lsn = w->durable_lsn = next_lsn - 1;
+    w->max_record = max_record_bytes;
+    w->flush_bytes = flush_bytes ? flush_bytes : 1;
+    *out = w;
+    return AOF_OK;
+}
+
+void aof_writer_free(aof_writer *w) {
+    if (!w) return;
+    for (uint32_t i = 0; i < w->nkeys; i++) free(w->keys[i].name);
+    free(w->keys);
+    pthread_cond_destroy(&w->tx_cv);
+    pthread_cond_destroy(&w->sync_cv);
+    pthread_cond_destroy(&w->dirty_cv);
+    pthread_cond_destroy(&w->commit_cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
+
+int aof_writer_set_key(aof_writer *w, uint32_t key_id, const char *name, size_t name_len,
+                       uint64_t next_offset) {
+    if (key_id == 0 || (key_id & AOF_UNDO_KEYDEF) || name_len == 0 || name_len > AOF_MAX_KEY_BYTES)
+        return aof_fail(AOF_EINVAL, 0, 0, "aof_writer_set_key: bad key id %u or name length %zu",
+                        key_id, name_len);
+    char *copy = malloc(name_len);
+    if (!copy) return aof_fail(AOF_ENOMEM, ENOMEM, 0, "out of memory");
+    memcpy(copy, name, name_len);
+    pthread_mutex_lock(&w->mu);
+    if (key_id >= w->nkeys) {
+        uint32_t n = w->nkeys ? w->nkeys : 64;
+        while (n <= key_id) n *= 2;
+        wkey *keys = realloc(w->keys, n * sizeof *keys);
+        if (!keys) {
+            pthread_mutex_unlock(&w->mu);
+            free(copy);
+            return aof_fail(AOF_ENOMEM, ENOMEM, 0, "out of memory");
+        }
+        memset(keys + w->nkeys, 0, (n - w->nkeys) * sizeof *keys);
+        w->keys = keys;
+        w->nkeys = n;
+    }
+    free(w->keys[key_id].name);
+    w->keys[key_id].name = copy;
+    w->keys[key_id].name_len = (uint32_t)name_len;
+    w->keys[key_id].next_offset = next_offset;
+    pthread_mutex_unlock(&w->mu);
+    return AOF_OK;
+}
+
+int aof_writer_attach(aof_writer *w, aof_seg *seg) {
+    if (!seg || seg->mode != AOF_OPEN_WRITE || seg->sealed)
+        return aof_fail(AOF_EINVAL, 0, 0, "attach: segment is not open for writing");
+    pthread_mutex_lock(&w->mu);
+    int rc = AOF_OK;
+    if (w->closed) rc = aof_fail(AOF_ECLOSED, 0, 0, "attach: writer is closed");
+    else if (w->seg) rc = aof_fail(AOF_EINVAL, 0, 0, "attach: a segment is already active");
+    else if (seg->write_pos == AOF_HEADER_BYTES && seg->first_lsn != w->next_lsn)
+        rc = aof_fail(AOF_EINVAL, 0, 0, "attach: empty segment starts at LSN %llu, writer at %llu",
+                      (unsigned long long)seg->first_lsn, (unsigned long long)w->next_lsn);
+    else if (seg->write_pos != AOF_HEADER_BYTES && seg->last_lsn + 1 != w->next_lsn)
+        rc = aof_fail(AOF_EINVAL, 0, 0, "attach: segment ends at LSN %llu, writer at %llu",
+                      (unsigned long long)seg->last_lsn, (unsigned long long)w->next_lsn);
+    if (!rc) {
+        w->seg = seg;
+        w->epoch++;
+        w->dur_pos = seg->write_pos; /* opened or created segments are synced */
+        w->gen++;
+        if (w->waiters) pthread_cond_broadcast(&w->commit_cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+/* Waits out another thread's transaction; returns with mu held and an
+ * active segment, or an error with mu released. */
+static int enter(aof_writer *w) {
+    pthread_mutex_lock(&w->mu);
+    while (w->tx_active && !pthread_equal(w->tx_owner, pthread_self()) && !w->closed)
+        pthread_cond_wait(&w->tx_cv, &w->mu);
+    if (w->closed) {
+        pthread_mutex_unlock(&w->mu);
+        return aof_fail(AOF_ECLOSED, 0, 0, "writer is closed");
+    }
+    if (!w->seg) {
+        pthread_mutex_unlock(&w->mu);
+        return AOF_ENOSEG;
+    }
+    return AOF_OK;
+}
+
+/* Makes room for need bytes at the write position. A segment rolls only
+ * between batches; inside a transaction, or for a batch that would not fit
+ * even an empty segment, the segment grows instead. */
+static int room(aof_writer *w, aof_seg *s, uint64_t need) {
+    uint64_t end = s->write_pos + need;
+    if (end <= s->capacity && end <= s->file_bytes) return AOF_OK;
+    if (end > s->capacity && !w->tx_active && s->write_pos > AOF_HEADER_BYTES) return AOF_EFULL;
+    return aof_seg_grow(s, end);
+}
+
+static void batch_done(aof_writer *w, aof_seg *s, uint64_t data_records) {
+    s->committed_end = s->write_pos;
+    s->record_count += data_records;
+    s->last_lsn = w->next_lsn - 1;
+    s->next_lsn = w->next_lsn;
+    s->nundo = 0;
+    s->pending = 0;
+    w->committed_lsn = w->next_lsn - 1;
+    w->gen++;
+    if (w->waiters) pthread_cond_broadcast(&w->commit_cv);
+}
+
+static void maybe_signal_flush(aof_writer *w, aof_seg *s) {
+    if (!w->dirty_signaled && s->write_pos - w->dur_pos >= w->flush_bytes) {
+        w->dirty_signaled = 1;
+        pthread_cond_signal(&w->dirty_cv);
+    }
+}
+
+/* Writes the key's definition into the segment if this is its first record
+ * there. Caller holds both mutexes and has made room. */
+static int define_in_segment(aof_writer *w, aof_seg *s, uint32_t key_id, aof_keyidx **out) {
+    aof_keyidx *k = aof_idx_find(s, key_id);
+    if (k && k->def_pos) {
+        *out = k;
+        return AOF_OK;
+    }
+    wkey *wk = &w->keys[key_id];
+    uint64_t pos = s->write_pos;
+    if (!(k = aof_idx_define(s, key_id, wk->next_offset, pos))) return AOF_ENOMEM;
+    if (w->tx_active && aof_undo_push(s, key_id | AOF_UNDO_KEYDEF)) {
+        k->def_pos = 0;
+        return AOF_ENOMEM;
+    }
+    s->write_pos = aof_put_record(s, pos, key_id, AOF_FLAG_CONTROL | AOF_FLAG_KEYDEF,
+                                  wk->next_offset, w->next_lsn, aof_now_ms(), wk->name,
+                                  wk->name_len);
+    *out = k;
+    return AOF_OK;
+}
+
+static uint64_t def_bytes(aof_writer *w, aof_seg *s, uint32_t key_id) {
+    aof_keyidx *k = aof_idx_find(s, key_id);
+    return k && k->def_pos ? 0 : AOF_RECORD_HEADER_BYTES + w->keys[key_id].name_len;
+}
+
+int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
+                               const uint64_t *lens, size_t n, int64_t timestamp_ms) {
+    if (!w) return aof_fail(AOF_EREADONLY, 0, 0, "no writer");
+    if (n == 0) return aof_fail(AOF_EINVAL, 0, 0, "append_many: no records");
+    uint64_t payload = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] > w->max_record)
+            return aof_fail(AOF_ETOOBIG, 0, i, "record %zu is %llu bytes, above %llu", i,
+                            (unsigned long long)lens[i], (unsigned long long)w->max_record);
+        payload += lens[i];
+    }
+    int rc = enter(w);
+    if (rc) return rc;
+    if (key_id == 0 || key_id >= w->nkeys || !w->keys[key_id].name) {
+        pthread_mutex_unlock(&w->mu);
+        return aof_fail(AOF_ENOKEY, 0, 0, "key id %u is not registered", key_id);
+    }
+    aof_seg *s = w->seg;
+    pthread_mutex_lock(&s->mu);
+    uint64_t need = def_bytes(w, s, key_id) + n * AOF_RECORD_HEADER_BYTES + payload;
+    aof_keyidx *k = NULL;
+    if ((rc = room(w, s, need)) || (rc = define_in_segment(w, s, key_id, &k))) goto out;
+    int64_t ts = timestamp_ms < 0 ? aof_now_ms() : timestamp_ms;
+    wkey *wk = &w->keys[key_id];
+    uint64_t first = wk->next_offset, pos = s->write_pos;
+    const char *p = buf;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t flags = (i + 1 == n && !w->tx_active) ? AOF_FLAG_BATCH_END : 0;
+        if ((rc = aof_idx_push(s, k, pos))) break;
+        if (w->tx_active && (rc = aof_undo_push(s, key_id))) {
+            k->count--;
+            break;
+        }
+        pos = aof_put_record(s, pos, key_id, flags, wk->next_offset++, w->next_lsn++, ts, p,
+                             (uint32_t)lens[i]);
+        p += lens[i];
+    }
+    s->write_pos = pos;
+    if (rc) {
+        /* out of memory midway: undo what this call wrote outside a
+         * transaction (inside one, the caller rolls the transaction back) */
+        if (!w->tx_active) {
+            uint64_t done = wk->next_offset - first;
+            k->count -= done;
+            wk->next_offset = first;
+            w->next_lsn -= done;
+            memset(s->base + s->committed_end, 0, s->write_pos - s->committed_end);
+            s->write_pos = s->committed_end;
+        }
+        goto out;
+    }
+    if (w->tx_active) s->pending += n;
+    else batch_done(w, s, n);
+    maybe_signal_flush(w, s);
+out:
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&w->mu);
+    return rc ? rc : (int64_t)first;
+}
+
+int64_t aof_writer_append(aof_writer *w, uint32_t key_id, const char *value, size_t len,
+                          int64_t timestamp_ms) {
+    uint64_t l = len;
+    return aof_writer_append_many(w, key_id, value, &l, 1, timestamp_ms);
+}
+
+int aof_writer_begin(aof_writer *w) {
+    if (!w) return aof_fail(AOF_EREADONLY, 0, 0, "no writer");
+    int rc = enter(w);
+    if (rc) return rc;
+    if (w->tx_active) {
+        pthread_mutex_unlock(&w->mu);
+        return aof_fail(AOF_ETXN, 0, 0, "a transaction is already open on this thread");
+    }
+    aof_seg *s = w->seg;
+    pthread_mutex_lock(&s->mu);
+    w->tx_active = s->tx_active = 1;
+    w->tx_owner = s->tx_owner = pthread_self();
+    w->tx_start_pos = s->write_pos;
+    w->tx_start_lsn = w->next_lsn;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&w->mu);
+    return AOF_OK;
+}
+
+static void undo_offset(void *arg, uint32_t key_id) {
+    aof_writer *w = arg;
+    w->keys[key_id].next_offset--;
+}
+
+int aof_writer_end(aof_writer *w, int commit) {
+    if (!w) return aof_fail(AOF_EREADONLY, 0, 0, "no writer");
+    pthread_mutex_lock(&w->mu);
+    if (!w->tx_active || !pthread_equal(w->tx_owner, pthread_self())) {
+        pthread_mutex_unlock(&w->mu);
+        return aof_fail(AOF_ETXN, 0, 0, "no transaction is open on this thread");
+    }
+    aof_seg *s = w->seg;
+    int rc = AOF_OK;
+    pthread_mutex_lock(&s->mu);
+    if (commit && s->write_pos > w->tx_start_pos) {
+        /* the commit record is what makes the whole run one batch */
+        if (!(rc = room(w, s, AOF_RECORD_HEADER_BYTES))) {
+            s->write_pos = aof_put_record(s, s->write_pos, 0,
+                                          AOF_FLAG_CONTROL | AOF_FLAG_COMMIT | AOF_FLAG_BATCH_END,
+                                          0, w->next_lsn, aof_now_ms(), NULL, 0);
+            batch_done(w, s, s->pending);
+            maybe_signal_flush(w, s);
+        }
+    }
+    if (!commit || rc) {
+        /* roll back: forget the index entries, zero the bytes, and if a
+         * flush already put some of them on disk, put the zeros there too */
+        while (w->syncing) {
+            pthread_mutex_unlock(&s->mu);
+            pthread_cond_wait(&w->sync_cv, &w->mu);
+            pthread_mutex_lock(&s->mu);
+        }
+        aof_idx_undo(s, undo_offset, w);
+        uint64_t from = w->tx_start_pos, to = s->write_pos;
+        memset(s->base + from, 0, to - from);
+        int zrc = w->dur_pos > from ? aof_seg_sync_range(s, from, to) : AOF_OK;
+        if (w->dur_pos > from) w->dur_pos = from;
+        s->write_pos = s->committed_end = from;
+        w->next_lsn = s->next_lsn = w->tx_start_lsn;
+        if (!rc) rc = zrc;
+    }
+    w->tx_active = s->tx_active = 0;
+    pthread_mutex_unlock(&s->mu);
+    pthread_cond_broadcast(&w->tx_cv);
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int aof_writer_sync(aof_writer *w, uint64_t *durable_lsn) {
+    if (!w) return aof_fail(AOF_EREADONLY, 0, 0, "no writer");
+    pthread_mutex_lock(&w->mu);
+    uint64_t epoch = w->epoch, target = w->seg ? w->seg->write_pos : 0;
+    int rc = AOF_OK;
+    while (w->seg && w->epoch == epoch && w->dur_pos < target) {
+        if (w->syncing) {
+            pthread_cond_wait(&w->sync_cv, &w->mu);
+            continue;
+        }
+        /* lead one sync for everyone waiting: group commit */
+        aof_seg *s = w->seg;
+        uint64_t from = w->dur_pos, to = s->write_pos, lsn = w->committed_lsn;
+        w->syncing = 1;
+        pthread_mutex_unlock(&w->mu);
+        rc = aof_seg_sync_range(s, from, to);
+        pthread_mutex_lock(&w->mu);
+        w->syncing = 0;
+        if (!rc) {
+            if (to > w->dur_pos) w->dur_pos = to;
+            if (lsn > w->durable_lsn) w->durable_lsn = lsn;
+            w->dirty_signaled = 0;
+        }
+        pthread_cond_broadcast(&w->sync_cv);
+        if (rc) break;
+    }
+    if (!rc && (!w->seg || w->dur_pos >= w->seg->write_pos)) w->durable_lsn = w->committed_lsn;
+    if (durable_lsn) *durable_lsn = w->durable_lsn;
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int aof_writer_detach(aof_writer *w) {
+    pthread_mutex_lock(&w->mu);
+    while (w->syncing) pthread_cond_wait(&w->sync_cv, &w->mu);
+    aof_seg *s = w->seg;
+    int rc = AOF_OK;
+    if (!s) goto out;
+    if (w->tx_active) {
+        rc = aof_fail(AOF_ETXN, 0, 0, "cannot roll the segment inside a transaction");
+        goto out;
+    }
+    if ((rc = aof_seg_sync_range(s, w->dur_pos, s->write_pos))) goto out;
+    w->seg = NULL;
+    w->epoch++;
+    w->dur_pos = 0;
+    w->durable_lsn = w->committed_lsn;
+    w->dirty_signaled = 0;
+    w->gen++;
+    pthread_cond_broadcast(&w->sync_cv);
+    if (w->waiters) pthread_cond_broadcast(&w->commit_cv);
+out:
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+static void deadline_after(struct timespec *ts, int timeout_ms) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += timeout_ms / 1000;
+    ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static uint64_t unsynced(aof_writer *w) { return w->seg ? w->seg->write_pos - w->dur_pos : 0; }
+
+int aof_writer_wait_dirty(aof_writer *w, int timeout_ms) {
+    struct timespec dl;
+    deadline_after(&dl, timeout_ms < 0 ? 0 : timeout_ms);
+    pthread_mutex_lock(&w->mu);
+    int timed_out = 0;
+    while (!w->closed && !timed_out && unsynced(w) < w->flush_bytes)
+        timed_out = pthread_cond_timedwait(&w->dirty_cv, &w->mu, &dl) == ETIMEDOUT;
+    int rc = w->closed ? AOF_ECLOSED : unsynced(w) ? AOF_OK : AOF_ETIMEDOUT;
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int aof_writer_wait_commit(aof_writer *w, uint64_t gen, int timeout_ms, uint64_t *now) {
+    struct timespec dl;
+    deadline_after(&dl, timeout_ms < 0 ? 0 : timeout_ms);
+    pthread_mutex_lock(&w->mu);
+    int timed_out = 0;
+    w->waiters++;
+    while (!w->closed && !timed_out && w->gen == gen)
+        timed_out = pthread_cond_timedwait(&w->commit_cv, &w->mu, &dl) == ETIMEDOUT;
+    w->waiters--;
+    *now = w->gen;
+    int rc = w->closed ? AOF_ECLOSED : w->gen != gen ? AOF_OK : AOF_ETIMEDOUT;
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int aof_writer_next_offset(aof_writer *w, uint32_t key_id, uint64_t *next) {
+    pthread_mutex_lock(&w->mu);
+    if (key_id == 0 || key_id >= w->nkeys || !w->keys[key_id].name) {
+        pthread_mutex_unlock(&w->mu);
+        return AOF_ENOKEY;
+    }
+    uint64_t n = w->keys[key_id].next_offset;
+    if (w->tx_active && !pthread_equal(w->tx_owner, pthread_self()) && w->seg) {
+        /* hide another thread's open transaction */
+        aof_seg *s = w->seg;
+        pthread_mutex_lock(&s->mu);
+        for (uint64_t i = 0; i < s->nundo; i++) n -= s->undo[i] == key_id;
+        pthread_mutex_unlock(&s->mu);
+    }
+    *next = n;
+    pthread_mutex_unlock(&w->mu);
+    return AOF_OK;
+}
+
+uint64_t aof_writer_next_lsn(aof_writer *w) {
+    pthread_mutex_lock(&w->mu);
+    uint64_t n = w->next_lsn;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+uint64_t aof_writer_unsynced_bytes(aof_writer *w) {
+    pthread_mutex_lock(&w->mu);
+    uint64_t n = unsynced(w);
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+int aof_writer_close(aof_writer *w) {
+    pthread_mutex_lock(&w->mu);
+    while (w->syncing) pthread_cond_wait(&w->sync_cv, &w->mu);
+    int rc = AOF_OK;
+    if (w->tx_active) {
+        pthread_mutex_unlock(&w->mu);
+        return aof_fail(AOF_ETXN, 0, 0, "cannot close inside a transaction");
+    }
+    if (w->seg && !w->closed) rc = aof_seg_sync_range(w->seg, w->dur_pos, w->seg->write_pos);
+    if (!rc) {
+        w->closed = 1;
+        if (w->seg) w->dur_pos = w->seg->write_pos;
+        w->durable_lsn = w->committed_lsn;
+    }
+    pthread_cond_broadcast(&w->tx_cv);
+    pthread_cond_broadcast(&w->dirty_cv);
+    pthread_cond_broadcast(&w->commit_cv);
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
