@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from . import errors, layout
+from .failpoints import hit
 from .manifest import Manifest, SegmentRecord
 from .segment import Segment, SegmentInfo
 
@@ -128,6 +129,7 @@ def open_active(root: str, manifest: Manifest, store_id: int, capacity: int) -> 
         check_identity(seg, info, store_id, sid)
         if active is not None:
             # an older unsealed candidate: seal it, the newer one continues
+            hit("recovery.before_seal_recovered")
             _seal_recovered(manifest, active, sid)
             active = None
         if info.sealed:
@@ -145,6 +147,7 @@ def open_active(root: str, manifest: Manifest, store_id: int, capacity: int) -> 
                 reason=report.reason,
             )
         if sid not in recs:
+            hit("recovery.before_adopt")
             manifest.record_open(
                 SegmentRecord(sid, "active", info.first_lsn, created_ms=info.created_ms), event="SegmentAdopted"
             )
@@ -155,5 +158,6 @@ def open_active(root: str, manifest: Manifest, store_id: int, capacity: int) -> 
 
 
 def _seal_recovered(manifest: Manifest, seg: Segment, newer: int) -> None:
+    """Seal a recovered segment that a newer one follows."""
     info = seg.seal()
     commit_seal(manifest, seg, info, manifest.key_name, manifest.next_key_id())

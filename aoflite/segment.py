@@ -9,6 +9,7 @@ talks to this module, never to ``lib``.
 from __future__ import annotations
 
 import functools
+from array import array
 import os
 import threading
 from typing import NamedTuple
@@ -66,6 +67,16 @@ def crc32c_hardware() -> bool:
 def force_software_crc32c(force: bool) -> None:
     """Switch CRC32C to the portable table implementation (tests prove both)."""
     lib.aof_crc32c_force_software(1 if force else 0)
+
+
+def arm_native_failpoint(name: str, skip: int, kill: bool) -> None:
+    """Arm a C failpoint (see aoflite.failpoints)."""
+    lib.aof_failpoint_arm(name.encode(), skip, 1 if kill else 0)
+
+
+def native_failpoint_names() -> list[str]:
+    """Names of the failpoints in the C engine."""
+    return ffi.string(lib.aof_failpoint_names()).decode().split()
 
 
 def _raise(rc: int, path: str | None = None, what: str = "") -> None:
@@ -460,9 +471,12 @@ class Writer:
             _raise(rc, None, "closing the writer")
 
     @staticmethod
-    def lens_array(lengths: list[int]):
-        """A C array of record lengths for append_many."""
-        return ffi.new("uint64_t[]", lengths)
+    def lens_array(lengths):
+        """A C view of record lengths for append_many (an array('Q') is
+        viewed in place; anything else is copied)."""
+        if isinstance(lengths, array) and lengths.typecode == "Q":
+            return ffi.from_buffer("uint64_t[]", lengths)
+        return ffi.new("uint64_t[]", list(lengths))
 
     @staticmethod
     def from_buffer(value):

@@ -11,6 +11,7 @@ ranges (cached per key) and a small cache of mapped segment files.
 from __future__ import annotations
 
 import contextlib
+from array import array
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from operator import itemgetter
 from typing import Any
 
 from . import errors, layout, recovery
+from .failpoints import hit
 from .config import Config
 from .manifest import Manifest
 from .record import Record
@@ -155,6 +157,7 @@ class Store:
             if state == "missing":
                 os.makedirs(self.path)
             self._lock_fd = layout.acquire_lock(self.path)
+            hit("open.after_lock")
         try:
             if state in ("missing", "empty"):
                 self._store_id = layout.create_layout(self.path)
@@ -179,6 +182,7 @@ class Store:
     def _open_writer(self) -> None:
         cfg = self.config
         active, next_lsn = recovery.open_active(self.path, self._manifest, self._store_id, cfg.segment.segment_bytes)
+        hit("open.after_recovery")
         w = Writer(next_lsn, cfg.segment.max_record_bytes, cfg.durability.flush_bytes)
         self._next_kid = self._manifest.next_key_id()
         if active is not None:
@@ -348,6 +352,7 @@ class Store:
                 kid, count = known
             else:
                 kid, count = self._next_kid, 0
+            hit("key.before_define")
             self._register(w, kid, key, count)
             return kid
 
@@ -359,22 +364,29 @@ class Store:
         if isinstance(values, (bytes, bytearray, memoryview, str)):
             raise TypeError("values must be an iterable of bytes-like values, not a single value")
         try:
-            vals = list(values)
+            vals = values if values.__class__ is list else list(values)
         except TypeError:
             raise TypeError(f"values must be an iterable of bytes-like values, not {type(values).__name__}") from None
-        if not all(v.__class__ is bytes for v in vals):
-            vals = [_as_bytes(v, f"values[{i}]") for i, v in enumerate(vals)]
         if not vals:
             n = self.count(key)
             return range(n, n)
-        lens = list(map(len, vals))
+        lens = array("Q", map(len, vals))
+        try:
+            buf = b"".join(vals)
+        except TypeError:
+            buf = b""
+        if len(buf) != sum(lens):
+            # str values, or buffers whose len() is not their byte size:
+            # normalize one by one, which also names the bad one
+            vals = [_as_bytes(v, f"values[{i}]") for i, v in enumerate(vals)]
+            lens = array("Q", map(len, vals))
+            buf = b"".join(vals)
         biggest = max(lens)
         if biggest > self._max_record:
             raise errors.RecordTooLarge(
                 f"a value of {biggest} bytes for key {key!r} is above max_record_bytes={self._max_record} "
                 "(raise max_record_bytes or split the value)"
             )
-        buf = b"".join(vals)
         clens = Writer.lens_array(lens)
         while True:
             kid = self._kids.get(key)
@@ -456,15 +468,18 @@ class Store:
             if seg is None or seg is not full:
                 return None  # another thread rolled it already
             w.detach()
+            hit("roll.before_seal")
             try:
                 info = seg.seal()
             except BaseException:
                 w.attach(seg)
                 raise
-            new, opened = recovery.new_segment(
-                self.path, self._store_id, info.segment_id + 1, w.next_lsn(), self.config.segment.segment_bytes
-            )
+            hit("roll.after_seal")
             try:
+                new, opened = recovery.new_segment(
+                    self.path, self._store_id, info.segment_id + 1, w.next_lsn(), self.config.segment.segment_bytes
+                )
+                hit("roll.after_create")
                 ranges = recovery.commit_seal(
                     self._manifest, seg, info, self._names.get, self._next_kid, opened=opened
                 )
@@ -473,6 +488,7 @@ class Store:
                 # reconciles them; this handle cannot serve reads correctly.
                 self._broken = e
                 raise
+            hit("roll.after_manifest")
             for kid, first, count in ranges:
                 cached = self._ranges.get(kid)
                 if cached is not None:
@@ -752,7 +768,9 @@ class Store:
                 return
             try:
                 if self._writer is not None:
+                    hit("close.before_sync")
                     self._writer.close()
+                    hit("close.after_sync")
             finally:
                 self._closed = True
                 self._finalizer.detach()
@@ -799,6 +817,7 @@ def _flush_loop(w: Writer, interval_ms: int, store_ref: weakref.ref) -> None:
         if rc == Writer.AOF_ECLOSED:
             return
         if rc == 0:
+            hit("flush.before_sync")
             try:
                 w.sync()
             except errors.Error as e:

@@ -110,6 +110,17 @@ uint32_t aof_crc32c(uint32_t crc, const void *data, size_t len);
 int aof_crc32c_hardware(void);
 void aof_crc32c_force_software(int force_software);
 
+/* --- failpoints (crash tests) ---
+ * Named crash points at each step that moves data or metadata. None is
+ * armed unless aof_failpoint_arm is called (the Python layer does so from
+ * AOFLITE_FAILPOINT in a test's child process); unarmed, each costs one
+ * predictable branch. Armed, the skip+1-th hit of the named point ends the
+ * process: action 0 with _exit(AOF_FAILPOINT_EXIT), 1 with SIGKILL. */
+#define AOF_FAILPOINT_EXIT 77
+void aof_failpoint_arm(const char *name, int skip, int action);
+/* The C failpoints' names, separated by spaces. */
+const char *aof_failpoint_names(void);
+
 /* --- segments --- */
 /* Create a new segment file (fails if it exists), preallocated to capacity
  * bytes, header written and synced. */

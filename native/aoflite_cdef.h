@@ -1,6 +1,6 @@
-/* aoflite_cdef.h: the declarations cffi binds, copied from aoflite.h with
- * comments dropped; constants are '...' so the real headers supply their
- * values. Keep in step with aoflite.h. */
+/* aoflite_cdef.h: the declarations cffi binds, generated from aoflite.h by
+ * tools/gen_cdef.py (comments dropped, constants '...' so the real headers
+ * supply their values). Do not edit by hand. */
 #define AOF_OK ...
 #define AOF_EIO ...
 #define AOF_ECORRUPT ...
@@ -73,6 +73,9 @@ void aof_last_error(aof_error *out);
 uint32_t aof_crc32c(uint32_t crc, const void *data, size_t len);
 int aof_crc32c_hardware(void);
 void aof_crc32c_force_software(int force_software);
+#define AOF_FAILPOINT_EXIT ...
+void aof_failpoint_arm(const char *name, int skip, int action);
+const char *aof_failpoint_names(void);
 int aof_seg_create(const char *path, uint64_t store_id, uint64_t segment_id,
                    uint64_t first_lsn, uint64_t capacity, aof_seg **out);
 int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,

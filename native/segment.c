@@ -461,6 +461,7 @@ int aof_seg_create(const char *path, uint64_t store_id, uint64_t segment_id,
         rc = sys_fail(s, "creating", 0);
         goto fail;
     }
+    AOF_FAILPOINT("create.opened");
     s->mode = AOF_OPEN_WRITE;
     s->capacity = capacity;
     s->store_id = store_id;
@@ -472,6 +473,7 @@ int aof_seg_create(const char *path, uint64_t store_id, uint64_t segment_id,
     s->file_bytes = capacity;
     put_header(s);
     s->committed_end = s->write_pos = AOF_HEADER_BYTES;
+    AOF_FAILPOINT("create.header_written");
     /* the header must be durable before any record can be acknowledged */
     if (fdatasync(s->fd)) {
         rc = sys_fail(s, "syncing", 0);
@@ -596,6 +598,7 @@ int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
             rc = sys_fail(s, "truncating", s->committed_end);
             goto fail;
         }
+        AOF_FAILPOINT("recover.truncated");
         if ((rc = preallocate(s, 0, capacity)) || (rc = map_writable(s))) goto fail;
         s->file_bytes = capacity;
         if (fdatasync(s->fd)) {
@@ -896,6 +899,24 @@ int aof_seg_sync_range(aof_seg *s, uint64_t from, uint64_t to) {
     return AOF_OK;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+void aof_seg_populate(aof_seg *s, uint64_t end) {
+    if (end <= s->populated || s->mem != 1 || s->mode != AOF_OPEN_WRITE) return;
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t from = s->populated & ~(page - 1);
+    uint64_t to = end + AOF_POPULATE_WINDOW;
+    if (to > s->file_bytes) to = s->file_bytes;
+    to &= ~(page - 1);
+    /* older kernels lack it (EINVAL): then the writes fault pages in */
+    if (to > from && madvise(s->base + from, (size_t)(to - from), MADV_POPULATE_WRITE) == 0)
+        s->populated = to;
+    else
+        s->populated = s->file_bytes;
+}
+
 int aof_seg_grow(aof_seg *s, uint64_t new_bytes) {
     if (new_bytes <= s->file_bytes) return AOF_OK;
     if (new_bytes > s->map_len)
@@ -972,13 +993,16 @@ int aof_seg_seal(aof_seg *s) {
     st32(f + AOF_F_VERSION, AOF_FORMAT_VERSION);
     memcpy(f + AOF_F_MAGIC, AOF_FOOTER_MAGIC, 8);
     st32(f + AOF_F_CRC, aof_crc_mask(aof_crc32c(0, f, AOF_F_CRC)));
+    AOF_FAILPOINT("seal.index_written");
     /* index and footer reach the disk before the file shrinks to its sealed
      * size, so a crash leaves either the unsealed file or the sealed one */
     if ((rc = aof_seg_sync_range(s, ipos, total))) goto out;
+    AOF_FAILPOINT("seal.synced");
     if (ftruncate(s->fd, (off_t)total)) {
         rc = sys_fail(s, "truncating", total);
         goto out;
     }
+    AOF_FAILPOINT("seal.truncated");
     if (fdatasync(s->fd)) {
         rc = sys_fail(s, "syncing", total);
         goto out;

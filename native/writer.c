@@ -155,9 +155,13 @@ static int enter(aof_writer *w) {
  * even an empty segment, the segment grows instead. */
 static int room(aof_writer *w, aof_seg *s, uint64_t need) {
     uint64_t end = s->write_pos + need;
-    if (end <= s->capacity && end <= s->file_bytes) return AOF_OK;
-    if (end > s->capacity && !w->tx_active && s->write_pos > AOF_HEADER_BYTES) return AOF_EFULL;
-    return aof_seg_grow(s, end);
+    if (end > s->capacity || end > s->file_bytes) {
+        if (end > s->capacity && !w->tx_active && s->write_pos > AOF_HEADER_BYTES) return AOF_EFULL;
+        int rc = aof_seg_grow(s, end);
+        if (rc) return rc;
+    }
+    if (end > s->populated) aof_seg_populate(s, end);
+    return AOF_OK;
 }
 
 static void batch_done(aof_writer *w, aof_seg *s, uint64_t data_records) {
@@ -242,6 +246,10 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
         pos = aof_put_record(s, pos, key_id, flags, wk->next_offset++, w->next_lsn++, ts, p,
                              (uint32_t)lens[i]);
         p += lens[i];
+        if (n > 1 && i == n / 2) {
+            s->write_pos = pos; /* what a crash here leaves: half a batch */
+            AOF_FAILPOINT("append_many.half");
+        }
     }
     s->write_pos = pos;
     if (rc) {
@@ -308,6 +316,7 @@ int aof_writer_end(aof_writer *w, int commit) {
     pthread_mutex_lock(&s->mu);
     if (commit && s->write_pos > w->tx_start_pos) {
         /* the commit record is what makes the whole run one batch */
+        AOF_FAILPOINT("tx.before_commit_record");
         if (!(rc = room(w, s, AOF_RECORD_HEADER_BYTES))) {
             s->write_pos = aof_put_record(s, s->write_pos, 0,
                                           AOF_FLAG_CONTROL | AOF_FLAG_COMMIT | AOF_FLAG_BATCH_END,
@@ -355,6 +364,7 @@ int aof_writer_sync(aof_writer *w, uint64_t *durable_lsn) {
         uint64_t from = w->dur_pos, to = s->write_pos, lsn = w->committed_lsn;
         w->syncing = 1;
         pthread_mutex_unlock(&w->mu);
+        AOF_FAILPOINT("sync.before_msync");
         rc = aof_seg_sync_range(s, from, to);
         pthread_mutex_lock(&w->mu);
         w->syncing = 0;
