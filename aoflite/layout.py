@@ -14,6 +14,7 @@ import os
 import secrets
 
 from . import errors
+from .segment import SYNC_LOG
 
 __all__ = [
     "MARKER",
@@ -107,6 +108,7 @@ def create_layout(root: str) -> int:
         f.write(f"aoflite store\nformat {FORMAT_VERSION}\nstore_id {store_id:016x}\n")
         f.flush()
         os.fsync(f.fileno())
+        _synclog(f"F {tmp} {f.tell()}")
     os.replace(tmp, os.path.join(root, MARKER))
     fsync_dir(root)
     fsync_dir(os.path.dirname(os.path.abspath(root)))
@@ -144,3 +146,11 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    _synclog(f"D {path}")
+
+
+def _synclog(line: str) -> None:
+    # see aoflite.segment.SYNC_LOG; a no-op outside the power-loss tests
+    if SYNC_LOG:
+        with open(SYNC_LOG, "a") as f:
+            f.write(line + "\n")

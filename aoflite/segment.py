@@ -69,6 +69,13 @@ def force_software_crc32c(force: bool) -> None:
     lib.aof_crc32c_force_software(1 if force else 0)
 
 
+#: Power-loss tests set AOFLITE_SYNC_LOG to a file; every completed sync
+#: (C and Python) then appends a line naming what it made durable.
+SYNC_LOG = os.environ.get("AOFLITE_SYNC_LOG") or None
+if SYNC_LOG:
+    lib.aof_synclog_open(os.fsencode(SYNC_LOG))
+
+
 def arm_native_failpoint(name: str, skip: int, kill: bool) -> None:
     """Arm a C failpoint (see aoflite.failpoints)."""
     lib.aof_failpoint_arm(name.encode(), skip, 1 if kill else 0)

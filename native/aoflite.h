@@ -120,6 +120,8 @@ void aof_crc32c_force_software(int force_software);
 void aof_failpoint_arm(const char *name, int skip, int action);
 /* The C failpoints' names, separated by spaces. */
 const char *aof_failpoint_names(void);
+/* Power-loss tests: log every completed sync to path (NULL stops). */
+int aof_synclog_open(const char *path);
 
 /* --- segments --- */
 /* Create a new segment file (fails if it exists), preallocated to capacity

@@ -76,6 +76,7 @@ void aof_crc32c_force_software(int force_software);
 #define AOF_FAILPOINT_EXIT ...
 void aof_failpoint_arm(const char *name, int skip, int action);
 const char *aof_failpoint_names(void);
+int aof_synclog_open(const char *path);
 int aof_seg_create(const char *path, uint64_t store_id, uint64_t segment_id,
                    uint64_t first_lsn, uint64_t capacity, aof_seg **out);
 int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
