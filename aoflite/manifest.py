@@ -144,8 +144,9 @@ class Manifest:
                 with self.env.begin(write=True) as txn:
                     self._dbs = {t: self.env.open_db(t.encode(), txn=txn) for t in _TABLES}
             else:
-                with self.env.begin() as txn:
-                    self._dbs = {t: self.env.open_db(t.encode(), txn=txn, create=False) for t in _TABLES}
+                # without txn=, py-lmdb opens each handle in a transaction of
+                # its own that it commits, so the handle outlives it
+                self._dbs = {t: self.env.open_db(t.encode(), create=False) for t in _TABLES}
         except lmdb.Error as e:
             _release_env(path)
             raise errors.FormatError(f"{path}: the store's manifest is incomplete or damaged: {e}") from None

@@ -681,19 +681,14 @@ class Store:
             seg = self._segment_after(seg.info().segment_id)
 
     def _segment_after(self, segment_id: int) -> Segment | None:
+        """The segment following segment_id: the manifest's next one, or a
+        live segment it does not list yet."""
         self._refresh()
-        for seg in self._live:
-            if seg.info().segment_id > segment_id:
-                return seg
         rec = self._manifest.segment_after(segment_id)
-        if rec is None:
-            return None
-        if rec.state == "sealed":
+        if rec is not None and rec.state == "sealed":
             return self._segment(rec.segment_id)
-        for seg in self._live:
-            if seg.info().segment_id == rec.segment_id:
-                return seg
-        return None
+        later = [s for s in self._live if s.info().segment_id > segment_id]
+        return min(later, key=lambda s: s.info().segment_id) if later else None
 
     def tail(self, key: str, start: int = 0, timeout: float | None = None) -> Iterator[Record]:
         """Records of key from offset start on, waiting for new ones as they
