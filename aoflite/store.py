@@ -290,7 +290,7 @@ class Store:
         if kid is not None and value.__class__ is bytes and timestamp_ms is None:
             off = self._append_fn(kid, value, len(value), -1)
             if off >= 0:
-                if self._full and self._tx_owner is None:
+                if self._full and self._tx_owner != threading.get_ident():
                     self._sync_or_raise()
                 return off
         return self._append_slow(key, value, timestamp_ms)
@@ -309,7 +309,7 @@ class Store:
             kid = self._kid_for_append(key)
             off = self._append_fn(kid, value, len(value), ts)
             if off >= 0:
-                if self._full and self._tx_owner is None:
+                if self._full and self._tx_owner != threading.get_ident():
                     self._sync_or_raise()
                 return off
             self._handle_append_status(w, off, key)
@@ -394,7 +394,7 @@ class Store:
                 kid = self._kid_for_append(key)
             first = w.append_many(kid, buf, clens, len(vals), -1)
             if first >= 0:
-                if self._full and self._tx_owner is None:
+                if self._full and self._tx_owner != threading.get_ident():
                     self._sync_or_raise()
                 return range(first, first + len(vals))
             if first == Writer.AOF_ENOKEY:
