@@ -421,14 +421,9 @@ class Writer:
         r = lib.aof_writer_append_many(self._ptr, key_id, buf, lens, n, timestamp_ms)
         return r
 
-    def begin(self) -> None:
-        """Open a transaction owned by the calling thread."""
-        rc = lib.aof_writer_begin(self._ptr)
-        if rc:
-            _raise(rc, None, "beginning a transaction")
-
     def begin_rc(self) -> int:
-        """begin() returning the raw status (AOF_ENOSEG while rolling)."""
+        """Open a transaction owned by the calling thread; returns the raw
+        status (AOF_EFULL: roll first; AOF_ENOSEG: a roll is under way)."""
         return lib.aof_writer_begin(self._ptr)
 
     def end(self, commit: bool) -> None:

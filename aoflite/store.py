@@ -411,10 +411,16 @@ class Store:
         if self._tx_owner == me:
             raise errors.TransactionError("a transaction is already open on this thread (they do not nest)")
         with self._lock:
-            self._check_open()
-            if w.segment is None:
-                self._open_next_segment()
-            w.begin()
+            while True:
+                self._check_open()
+                if w.segment is None:
+                    self._open_next_segment()
+                rc = w.begin_rc()
+                if rc == 0:
+                    break
+                if rc != Writer.AOF_EFULL:
+                    Writer.fail(rc, f"beginning a transaction in {self.path}")
+                self._roll(w.segment)
             self._tx_owner = me
             try:
                 yield

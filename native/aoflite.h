@@ -185,7 +185,9 @@ int64_t aof_writer_append(aof_writer *w, uint32_t key_id, const char *value, siz
 int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
                                const uint64_t *lens, size_t n, int64_t timestamp_ms);
 /* Transactions: records appended by the owning thread between begin and end
- * form one batch; other threads' appends wait until end. */
+ * form one batch; other threads' appends wait until end. A transaction
+ * grows the active segment rather than roll it; begin returns AOF_EFULL
+ * when the segment is already past capacity (roll, then begin again). */
 int aof_writer_begin(aof_writer *w);
 int aof_writer_end(aof_writer *w, int commit);
 /* Make every record appended so far durable; concurrent callers share one

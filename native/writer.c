@@ -289,6 +289,12 @@ int aof_writer_begin(aof_writer *w) {
         return aof_fail(AOF_ETXN, 0, 0, "a transaction is already open on this thread");
     }
     aof_seg *s = w->seg;
+    /* a transaction may grow the segment past capacity, never roll it; so
+     * the next one starts in a fresh segment, bounding the overshoot */
+    if (s->write_pos >= s->capacity && s->write_pos > AOF_HEADER_BYTES) {
+        pthread_mutex_unlock(&w->mu);
+        return AOF_EFULL;
+    }
     pthread_mutex_lock(&s->mu);
     w->tx_active = s->tx_active = 1;
     w->tx_owner = s->tx_owner = pthread_self();
