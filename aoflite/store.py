@@ -441,14 +441,13 @@ class Store:
 
     def commit(self) -> int:
         """Durable barrier: everything appended before the call is on stable
-        storage when it returns. Returns the last durable LSN."""
+        storage when it returns. Returns the last durable LSN. A sync the
+        background flusher could not finish is retried here; if it fails
+        again, StorageError says why."""
         w = self._check_writable()
-        err, self._flush_error = self._flush_error, None
-        if err is not None:
-            raise errors.StorageError(
-                getattr(err, "errno", 0) or 0, f"background flush failed earlier: {err} (the data is retried now)"
-            ) from err
-        return w.sync()
+        lsn = w.sync()
+        self._flush_error = None
+        return lsn
 
     def seal(self) -> int | None:
         """Seal the active segment now (it also happens at segment_bytes) and
@@ -749,6 +748,7 @@ class Store:
             "next_lsn": w.next_lsn() if w else None,
             "unsynced_bytes": w.unsynced_bytes() if w else 0,
             "open_segments": len(self._sealed),
+            "last_flush_error": repr(self._flush_error) if self._flush_error else None,
         }
 
     @property
