@@ -59,7 +59,9 @@ class DurabilityConfig:
 
     mode: str = attrs.field(default="normal", validator=_one_of(DURABILITY_MODES))
     flush_interval_ms: int = attrs.field(default=50, validator=_int_range(1, 3_600_000))
-    flush_bytes: int = attrs.field(default=1 * MiB, validator=_int_range(1, 16 * GiB))
+    # large enough that the flusher does not write back (and write-protect)
+    # pages while the appender is still filling them, at a few hundred MB/s
+    flush_bytes: int = attrs.field(default=16 * MiB, validator=_int_range(1, 16 * GiB))
 
 
 @attrs.frozen
