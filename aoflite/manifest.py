@@ -211,6 +211,12 @@ class Manifest:
             v = txn.get(_U64.pack(segment_id))
         return None if v is None else SegmentRecord.from_json(v)
 
+    def last_segment(self) -> SegmentRecord | None:
+        """The segment with the highest id, or None."""
+        with self.env.begin(db=self._dbs["segments"]) as txn:
+            cur = txn.cursor()
+            return SegmentRecord.from_json(cur.value()) if cur.last() else None
+
     def segment_after(self, segment_id: int) -> SegmentRecord | None:
         """The first segment with an id above segment_id, or None."""
         with self.env.begin(db=self._dbs["segments"]) as txn:

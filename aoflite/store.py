@@ -146,6 +146,7 @@ class Store:
         self._full = config.durability.mode == "full"
         self._max_record = config.segment.max_record_bytes
         self._manifest_seq = -1
+        self._newest = 0  # follower: newest segment id seen
         self._seen_kids: set[int] = set()
 
         state = layout.inspect_path(self.path)
@@ -212,44 +213,55 @@ class Store:
         self._next_kid = max(self._next_kid, key_id + 1)
 
     def _open_follower(self) -> None:
+        """Read-only: follow the manifest's active segment and any newer file."""
         self._append_fn = _no_writer
         self._sync_fn = _no_writer
         self._refresh_lock = threading.Lock()
-        self._refresh(force=True)
+        last = self._manifest.last_segment()
+        self._newest = 0
+        if last is not None:
+            self._newest = last.segment_id
+            if last.state == "active":
+                self._follow(last.segment_id)
+        self._refresh()
 
-    def _refresh(self, force: bool = False) -> None:
-        """Follower: take in what the writer committed, rolled and sealed."""
+    def _refresh(self) -> None:
+        """Follower: take in what the writer committed, rolled and sealed.
+        Costs a manifest read and a stat when nothing changed."""
         if self._writer is not None:
             return
         with self._refresh_lock:
             seq = self._manifest.ledger_seq()
-            if force or seq != self._manifest_seq:
+            if seq != self._manifest_seq:
                 self._manifest_seq = seq
                 self._ranges.clear()
-                known = {r.segment_id: r for r in self._manifest.segments()}
-                self._live = [s for s in self._live if known.get(s.info().segment_id, None) is None or known[s.info().segment_id].state != "sealed"]
-                for sid, rec in known.items():
-                    if rec.state == "active" and not any(s.info().segment_id == sid for s in self._live):
-                        self._follow(sid)
-                newest = max([*known, *(s.info().segment_id for s in self._live)], default=0)
-            else:
-                newest = max((s.info().segment_id for s in self._live), default=0)
-                for seg in self._live:
-                    seg.refresh()
-            for sid in layout.segment_ids(self.path):
-                if sid > newest:
-                    self._follow(sid)
-            self._live.sort(key=lambda s: s.info().segment_id)
+                # segments the manifest now lists as sealed are read through it
+                self._live = [s for s in self._live if not self._manifest_sealed(s)]
+            for seg in self._live:
+                seg.refresh()
+            # segment ids are consecutive: the writer's next file is newest + 1,
+            # on disk before the manifest records it
+            while os.path.exists(layout.segment_path(self.path, self._newest + 1)):
+                if not self._follow(self._newest + 1):
+                    break
+                self._newest += 1
 
-    def _follow(self, segment_id: int) -> None:
+    def _manifest_sealed(self, seg: Segment) -> bool:
+        rec = self._manifest.segment(seg.info().segment_id)
+        return rec is not None and rec.state == "sealed"
+
+    def _follow(self, segment_id: int) -> bool:
+        """Start reading segment_id through its in-memory index; False when
+        it is not readable yet (being created)."""
         path = layout.segment_path(self.path, segment_id)
         try:
             seg, _ = Segment.open(path)
-        except (errors.NotFound, errors.FormatError):
-            return  # being created, or discarded by the writer's recovery
+        except (errors.NotFound, errors.FormatError, errors.CorruptionError):
+            return False  # being created, or discarded by the writer's recovery
         info = seg.info()
         recovery.check_identity(seg, info, self._store_id, segment_id)
         self._live.append(seg)
+        return True
 
     def _open_next_segment(self) -> None:
         """Create the next active segment (under _lock, none active)."""
