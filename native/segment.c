@@ -636,6 +636,9 @@ int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
         AOF_FAILPOINT("recover.truncated");
         if ((rc = preallocate(s, 0, capacity)) || (rc = map_writable(s))) goto fail;
         s->file_bytes = capacity;
+        /* prefault only from here on: populating the recovered records
+         * would dirty them and write them all again */
+        s->populated = s->committed_end & ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
         if ((rc = file_sync(s, 0))) goto fail;
     } else {
         /* follower: keep a private copy fed by pread, so the writer sealing
