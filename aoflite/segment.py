@@ -306,14 +306,15 @@ class Segment:
 
     def read(self, key_id: int, offset: int) -> tuple[int, int, bytes] | None:
         """(lsn, timestamp_ms, value) of one record, or None if not here."""
-        cols = self._cols(1)
-        n = ffi.new("size_t *")
-        rc = lib.aof_seg_read_range(self._ptr, key_id, offset, cols.arr, 1, n)
+        out = self._tls.__dict__.get("one")
+        if out is None:
+            out = self._tls.one = (ffi.new("uint64_t[]", COLS), ffi.new("size_t *"))
+        rc = lib.aof_seg_read_range(self._ptr, key_id, offset, out[0], 1, out[1])
         if rc:
             if rc == lib.AOF_ENOTFOUND:
                 return None
             _raise(rc, self.path, f"reading key id {key_id} offset {offset}")
-        _, lsn, ts, _, vs, ve = ffi.unpack(cols.arr, COLS)
+        _, lsn, ts, _, vs, ve = ffi.unpack(out[0], COLS)
         return lsn, ts, self._buf[vs:ve]
 
     def read_range(self, key_id: int, offset: int, cap: int):

@@ -590,6 +590,9 @@ class Store:
             r = seg.key_range(kid)
             if r is not None and offset >= r.first_offset:
                 return seg if offset < r.first_offset + r.count else None
+        return self._sealed_segment_of(kid, offset)
+
+    def _sealed_segment_of(self, kid: int, offset: int) -> Segment | None:
         ranges = self._key_ranges(kid)
         i = bisect_left(ranges, offset, key=_first)
         if i < len(ranges) and offset >= ranges[i][2]:
@@ -600,18 +603,28 @@ class Store:
         """The record at (key, offset); NotFound if there is none."""
         if self._closed:
             self._check_open()
-        kid = self._kid(key)
+        kid = self._kids.get(key)
+        if kid is None:
+            kid = self._kid(key)
         if kid is not None and type(offset) is int and offset >= 0:
-            seg = self._find(kid, offset)
-            if seg is None and self._writer is None:
+            got = self._read(kid, offset)
+            if got is None and self._writer is None:
                 self._refresh()
-                seg = self._find(kid, offset)
-            if seg is not None:
-                got = seg.read(kid, offset)
-                if got is not None:
-                    return _new_record(Record, (key, offset, got[0], got[1], got[2]))
+                got = self._read(kid, offset)
+            if got is not None:
+                return _new_record(Record, (key, offset, got[0], got[1], got[2]))
         _check_offset("offset", offset)
         raise errors.NotFound(f"{self.path}: no record at key {key!r} offset {offset}")
+
+    def _read(self, kid: int, offset: int) -> tuple[int, int, bytes] | None:
+        # the live segments answer for their own offsets (newest first);
+        # older offsets are in a sealed segment the manifest names
+        for seg in reversed(self._live):
+            got = seg.read(kid, offset)
+            if got is not None:
+                return got
+        seg = self._sealed_segment_of(kid, offset)
+        return seg.read(kid, offset) if seg is not None else None
 
     def scan(self, key: str, start: int = 0, stop: int | None = None) -> Iterator[Record]:
         """Records of key with start <= offset < stop (stop=None: to the end),
