@@ -576,6 +576,56 @@ static int sealed_on_disk(aof_seg *s) {
            (ld32(f + AOF_F_FLAGS) & AOF_FOOTER_SEALED);
 }
 
+static int map_file(aof_seg *s, uint64_t size) {
+    void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, s->fd, 0);
+    if (p == MAP_FAILED) return sys_fail(s, "mapping", 0);
+    s->base = p;
+    s->map_len = size;
+    s->mem = 1;
+    return AOF_OK;
+}
+
+static void unmap(aof_seg *s) {
+    if (s->mem && s->base) munmap(s->base, s->map_len);
+    s->base = NULL;
+    s->mem = 0;
+}
+
+/* Writer: recover the unsealed tail and make the segment appendable. */
+static int open_for_write(aof_seg *s, uint64_t size, uint64_t capacity, aof_scan_report *report) {
+    int rc;
+    if ((rc = scan_records(s, size, report))) return rc;
+    unmap(s);
+    /* Truncating drops whatever followed the last complete batch, torn
+     * bytes and stale pages alike; preallocating again gives zeros. */
+    if (capacity < s->committed_end) capacity = s->committed_end;
+    s->capacity = capacity;
+    if (ftruncate(s->fd, (off_t)s->committed_end)) return sys_fail(s, "truncating", s->committed_end);
+    AOF_FAILPOINT("recover.truncated");
+    if ((rc = preallocate(s, 0, capacity)) || (rc = map_writable(s))) return rc;
+    s->file_bytes = capacity;
+    /* prefault only from here on: populating the recovered records
+     * would dirty them and write them all again */
+    s->populated = s->committed_end & ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
+    return file_sync(s, 0);
+}
+
+/* Follower: a private copy fed by pread, never a map of the file, so the
+ * writer sealing (and shrinking) the file can never fault our reads. */
+static int open_to_follow(aof_seg *s, aof_scan_report *report) {
+    int rc;
+    void *p = mmap(NULL, AOF_RESERVE_BYTES, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return sys_fail(s, "reserving memory for", 0);
+    s->base = p;
+    s->map_len = AOF_RESERVE_BYTES;
+    s->mem = 2;
+    s->follow = 1;
+    s->filled = 0;
+    if ((rc = follow_read(s, AOF_HEADER_BYTES)) || (rc = parse_header(s, s->filled))) return rc;
+    return follow_scan(s, report);
+}
+
 int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
                  aof_scan_report *report) {
     aof_scan_report scratch;
@@ -601,16 +651,15 @@ int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
     s->file_bytes = size;
     s->mode = mode;
     s->capacity = capacity;
-    if (size > 0) {
-        void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, s->fd, 0);
-        if (p == MAP_FAILED) {
-            rc = sys_fail(s, "mapping", 0);
-            goto fail;
-        }
-        s->base = p;
-        s->map_len = size;
-        s->mem = 1;
+    /* Only a writer (which holds the store's lock) or a sealed file (which
+     * never changes again) may be mapped: a map of a file another process
+     * shrinks faults on access. */
+    if (mode == AOF_OPEN_READ && !sealed_on_disk(s)) {
+        if ((rc = open_to_follow(s, report))) goto fail;
+        *out = s;
+        return AOF_OK;
     }
+    if (size > 0 && (rc = map_file(s, size))) goto fail;
     if ((rc = parse_header(s, size))) goto fail;
     if (parse_footer(s, size)) {
         s->mode = AOF_OPEN_READ;
@@ -619,47 +668,15 @@ int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
         *out = s;
         return AOF_OK;
     }
-    /* unsealed: scan the records this map holds */
     if (mode == AOF_OPEN_WRITE) {
-        if ((rc = scan_records(s, size, report))) goto fail;
-        munmap(s->base, s->map_len);
-        s->base = NULL;
-        s->mem = 0;
-        /* Truncating drops whatever followed the last complete batch, torn
-         * bytes and stale pages alike; preallocating again gives zeros. */
-        if (capacity < s->committed_end) capacity = s->committed_end;
-        s->capacity = capacity;
-        if (ftruncate(s->fd, (off_t)s->committed_end)) {
-            rc = sys_fail(s, "truncating", s->committed_end);
-            goto fail;
-        }
-        AOF_FAILPOINT("recover.truncated");
-        if ((rc = preallocate(s, 0, capacity)) || (rc = map_writable(s))) goto fail;
-        s->file_bytes = capacity;
-        /* prefault only from here on: populating the recovered records
-         * would dirty them and write them all again */
-        s->populated = s->committed_end & ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
-        if ((rc = file_sync(s, 0))) goto fail;
+        rc = open_for_write(s, size, capacity, report);
     } else {
-        /* follower: keep a private copy fed by pread, so the writer sealing
-         * (and shrinking) the file can never fault our reads */
-        munmap(s->base, s->map_len);
-        s->mem = 0;
-        void *p = mmap(NULL, AOF_RESERVE_BYTES, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) {
-            rc = sys_fail(s, "reserving memory for", 0);
-            goto fail;
-        }
-        s->base = p;
-        s->map_len = AOF_RESERVE_BYTES;
-        s->mem = 2;
-        s->follow = 1;
-        s->filled = 0;
-        if ((rc = follow_read(s, AOF_HEADER_BYTES))) goto fail;
-        s->committed_end = s->write_pos = AOF_HEADER_BYTES;
-        if ((rc = follow_scan(s, report))) goto fail;
+        /* a sound footer over an index that fails its checks: read what
+         * the records themselves prove */
+        unmap(s);
+        rc = open_to_follow(s, report);
     }
+    if (rc) goto fail;
     *out = s;
     return AOF_OK;
 fail:
