@@ -45,10 +45,10 @@ def _int_range(lo: int, hi: int):
     return check
 
 
-def _one_of(choices: tuple[str, ...]):
+def _one_of(choices: tuple[str, ...], name: str):
     def check(inst, attr, value):
         if value not in choices:
-            raise ConfigError(f"setting {attr.name}={value!r} must be one of {', '.join(choices)}")
+            raise ConfigError(f"setting {name}={value!r} must be one of {', '.join(choices)}")
 
     return check
 
@@ -57,7 +57,7 @@ def _one_of(choices: tuple[str, ...]):
 class DurabilityConfig:
     """When appended records reach stable storage."""
 
-    mode: str = attrs.field(default="normal", validator=_one_of(DURABILITY_MODES))
+    mode: str = attrs.field(default="normal", validator=_one_of(DURABILITY_MODES, "durability"))
     flush_interval_ms: int = attrs.field(default=50, validator=_int_range(1, 3_600_000))
     # large enough that the flusher does not write back (and write-protect)
     # pages while the appender is still filling them, at a few hundred MB/s

@@ -8,7 +8,7 @@ segment is sealed and when the store is opened. Tables (LMDB sub-databases):
 table          key                                   value
 =============  ====================================  ===============================
 meta           name (ascii)                          value (ascii)
-keys           key name (utf-8)                      key_id:u32 sealed_count:u64
+keys           blake2b-256 of the key name           key_id:u32 sealed_count:u64 name (utf-8)
 key_names      key_id:u32be                          key name (utf-8)
 segments       segment_id:u64be                      JSON SegmentRecord
 key_segments   key_id:u32be last_offset:u64be        segment_id:u64 first_offset:u64 count:u64
@@ -16,13 +16,16 @@ lsn_segments   last_lsn:u64be                        segment_id:u64
 ledger         seq:u64be                             JSON event
 =============  ====================================  ===============================
 
-key_segments is ordered by (key id, last offset), which orders the same as
+Key names run to 1024 bytes, past LMDB's 511-byte key limit, so the keys
+table is keyed by a digest of the name and holds the name itself, which a
+lookup compares. key_segments is ordered by (key id, last offset), which orders the same as
 (key id, segment id) since both grow together; keying by the last offset
 makes "which segment holds (key, offset)" one range lookup.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -60,6 +63,10 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _KEYSEG = struct.Struct(">IQ")
 _KEYVAL = struct.Struct("<IQ")
+
+
+def _name_key(name: bytes) -> bytes:
+    return hashlib.blake2b(name, digest_size=32).digest()
 _RANGE = struct.Struct("<QQQ")
 _TABLES = ("meta", "keys", "key_names", "segments", "key_segments", "lsn_segments", "ledger")
 _MAP_SIZE = 16 << 30  # virtual; the file grows only as data is written
@@ -179,9 +186,12 @@ class Manifest:
 
     def lookup_key(self, name: str) -> tuple[int, int] | None:
         """(key_id, sealed_count) of a key the manifest knows, or None."""
+        raw = name.encode()
         with self.env.begin(db=self._dbs["keys"]) as txn:
-            v = txn.get(name.encode())
-        return None if v is None else _KEYVAL.unpack(v)
+            v = txn.get(_name_key(raw))
+        if v is None or v[_KEYVAL.size :] != raw:
+            return None
+        return _KEYVAL.unpack_from(v)
 
     def key_name(self, key_id: int) -> str | None:
         """The name of key_id, or None."""
@@ -192,7 +202,7 @@ class Manifest:
     def keys(self) -> dict[str, tuple[int, int]]:
         """Every key with sealed records: name -> (key_id, sealed_count)."""
         with self.env.begin(db=self._dbs["keys"]) as txn:
-            return {k.decode(): _KEYVAL.unpack(v) for k, v in txn.cursor()}
+            return {v[_KEYVAL.size :].decode(): _KEYVAL.unpack_from(v) for _, v in txn.cursor()}
 
     def next_key_id(self) -> int:
         """The lowest key id the manifest has not handed out."""
@@ -292,7 +302,8 @@ class Manifest:
                             f"segment {rec.segment_id} holds key id {key_id}, which the manifest does not name"
                         )
                     name = raw.decode()
-                txn.put(name.encode(), _KEYVAL.pack(key_id, first + count), db=keys)
+                raw = name.encode()
+                txn.put(_name_key(raw), _KEYVAL.pack(key_id, first + count) + raw, db=keys)
                 txn.put(
                     _KEYSEG.pack(key_id, first + count - 1),
                     _RANGE.pack(rec.segment_id, first, count),

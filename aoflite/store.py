@@ -298,7 +298,10 @@ class Store:
         """Append value to key's log; returns its offset (dense from 0).
 
         Durable on return in "full" mode; otherwise see commit()."""
-        kid = self._kids.get(key)
+        try:
+            kid = self._kids.get(key)
+        except TypeError:  # an unhashable key: the slow path says what is wrong
+            kid = None
         if kid is not None and value.__class__ is bytes and timestamp_ms is None:
             off = self._append_fn(kid, value, len(value), -1)
             if off >= 0:
@@ -382,11 +385,11 @@ class Store:
         if not vals:
             n = self.count(key)
             return range(n, n)
-        lens = array("Q", map(len, vals))
         try:
+            lens = array("Q", map(len, vals))
             buf = b"".join(vals)
         except TypeError:
-            buf = b""
+            lens, buf = array("Q", [1]), b""
         if len(buf) != sum(lens):
             # str values, or buffers whose len() is not their byte size:
             # normalize one by one, which also names the bad one
@@ -518,10 +521,10 @@ class Store:
     # ---------------------------------------------------------- reading
 
     def _kid(self, key: Any) -> int | None:
+        _check_key(key)
         kid = self._kids.get(key)
         if kid is not None:
             return kid
-        _check_key(key)
         known = self._manifest.lookup_key(key)
         if known is not None:
             self._kids[key] = known[0]
@@ -603,7 +606,10 @@ class Store:
         """The record at (key, offset); NotFound if there is none."""
         if self._closed:
             self._check_open()
-        kid = self._kids.get(key)
+        try:
+            kid = self._kids.get(key)
+        except TypeError:
+            kid = None
         if kid is None:
             kid = self._kid(key)
         if kid is not None and type(offset) is int and offset >= 0:
