@@ -765,6 +765,17 @@ static const unsigned char *sealed_entry(const aof_seg *s, uint32_t key_id) {
     return NULL;
 }
 
+/* Takes mu and returns 1 while the segment is unsealed; returns 0 (mu
+ * released) once sealed. A seal happens under mu and frees the in-memory
+ * index, so "unsealed" must be decided under it; a sealed segment's index
+ * never changes again and is read without the lock. */
+static int lock_unsealed(aof_seg *s) {
+    pthread_mutex_lock(&s->mu);
+    if (!s->sealed) return 1;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
 /* Visible records of key_id in an unsealed segment: positions are ascending,
  * so the ones below the visible end are a prefix. */
 static uint64_t visible_count(const aof_seg *s, const aof_keyidx *k) {
@@ -779,39 +790,28 @@ static uint64_t visible_count(const aof_seg *s, const aof_keyidx *k) {
 }
 
 int aof_seg_key_range(aof_seg *s, uint32_t key_id, aof_key_range *out) {
-    if (s->sealed) {
-        const unsigned char *e = sealed_entry(s, key_id);
-        if (!e) return AOF_ENOTFOUND;
-        out->key_id = key_id;
-        out->first_offset = ld64(e + AOF_K_FIRST_OFFSET);
-        out->count = ld64(e + AOF_K_COUNT);
-        return AOF_OK;
+    if (lock_unsealed(s)) {
+        aof_keyidx *k = aof_idx_find(s, key_id);
+        uint64_t n = k && k->def_pos ? visible_count(s, k) : 0;
+        if (n) {
+            out->key_id = key_id;
+            out->first_offset = k->first_offset;
+            out->count = n;
+        }
+        pthread_mutex_unlock(&s->mu);
+        return n ? AOF_OK : AOF_ENOTFOUND;
     }
-    pthread_mutex_lock(&s->mu);
-    aof_keyidx *k = aof_idx_find(s, key_id);
-    uint64_t n = k && k->def_pos ? visible_count(s, k) : 0;
-    if (n) {
-        out->key_id = key_id;
-        out->first_offset = k->first_offset;
-        out->count = n;
-    }
-    pthread_mutex_unlock(&s->mu);
-    return n ? AOF_OK : AOF_ENOTFOUND;
+    const unsigned char *e = sealed_entry(s, key_id);
+    if (!e) return AOF_ENOTFOUND;
+    out->key_id = key_id;
+    out->first_offset = ld64(e + AOF_K_FIRST_OFFSET);
+    out->count = ld64(e + AOF_K_COUNT);
+    return AOF_OK;
 }
 
 int aof_seg_keys(aof_seg *s, aof_key_range *out, size_t cap, size_t *n) {
     size_t total = 0;
-    if (s->sealed) {
-        for (uint64_t i = 0; i < s->key_count; i++, total++) {
-            const unsigned char *e = s->index + i * AOF_KEY_ENTRY_BYTES;
-            if (total < cap) {
-                out[total].key_id = ld32(e + AOF_K_KEY_ID);
-                out[total].first_offset = ld64(e + AOF_K_FIRST_OFFSET);
-                out[total].count = ld64(e + AOF_K_COUNT);
-            }
-        }
-    } else {
-        pthread_mutex_lock(&s->mu);
+    if (lock_unsealed(s)) {
         for (uint32_t i = 0; i < s->nkeys; i++) {
             aof_keyidx *k = &s->keys[i];
             uint64_t c = k->def_pos ? visible_count(s, k) : 0;
@@ -824,6 +824,15 @@ int aof_seg_keys(aof_seg *s, aof_key_range *out, size_t cap, size_t *n) {
             total++;
         }
         pthread_mutex_unlock(&s->mu);
+    } else {
+        for (uint64_t i = 0; i < s->key_count; i++, total++) {
+            const unsigned char *e = s->index + i * AOF_KEY_ENTRY_BYTES;
+            if (total < cap) {
+                out[total].key_id = ld32(e + AOF_K_KEY_ID);
+                out[total].first_offset = ld64(e + AOF_K_FIRST_OFFSET);
+                out[total].count = ld64(e + AOF_K_COUNT);
+            }
+        }
     }
     *n = total;
     return AOF_OK;
@@ -831,14 +840,13 @@ int aof_seg_keys(aof_seg *s, aof_key_range *out, size_t cap, size_t *n) {
 
 int aof_seg_key_name(aof_seg *s, uint32_t key_id, char *buf, size_t cap, size_t *len) {
     uint64_t def_pos = 0;
-    if (s->sealed) {
-        const unsigned char *e = sealed_entry(s, key_id);
-        if (e) def_pos = ld64(e + AOF_K_DEF_POS);
-    } else {
-        pthread_mutex_lock(&s->mu);
+    if (lock_unsealed(s)) {
         aof_keyidx *k = aof_idx_find(s, key_id);
         if (k) def_pos = k->def_pos;
         pthread_mutex_unlock(&s->mu);
+    } else {
+        const unsigned char *e = sealed_entry(s, key_id);
+        if (e) def_pos = ld64(e + AOF_K_DEF_POS);
     }
     if (!def_pos) return AOF_ENOTFOUND;
     uint64_t end = s->committed_end, rec_end;
@@ -881,33 +889,32 @@ int aof_seg_read_range(aof_seg *s, uint32_t key_id, uint64_t offset, uint64_t *o
                        size_t *n) {
     *n = 0;
     int rc = AOF_OK;
-    if (s->sealed) {
-        const unsigned char *e = sealed_entry(s, key_id);
-        if (!e) return AOF_ENOTFOUND;
-        uint64_t first = ld64(e + AOF_K_FIRST_OFFSET), count = ld64(e + AOF_K_COUNT);
-        uint64_t start = ld64(e + AOF_K_POS_START);
-        if (offset < first || offset - first >= count) return AOF_ENOTFOUND;
-        const unsigned char *positions = s->index + s->key_count * AOF_KEY_ENTRY_BYTES;
-        for (uint64_t i = offset - first; i < count && *n < cap; i++, (*n)++) {
-            rc = load_record(s, ld64(positions + (start + i) * 8), s->index_pos, key_id,
-                             first + i, out, cap, *n);
+    if (lock_unsealed(s)) {
+        aof_keyidx *k = aof_idx_find(s, key_id);
+        uint64_t count = k && k->def_pos ? visible_count(s, k) : 0;
+        if (!count || offset < k->first_offset || offset - k->first_offset >= count) {
+            pthread_mutex_unlock(&s->mu);
+            return AOF_ENOTFOUND;
+        }
+        uint64_t end = s->write_pos;
+        for (uint64_t i = offset - k->first_offset; i < count && *n < cap; i++, (*n)++) {
+            rc = load_record(s, k->pos[i], end, key_id, k->first_offset + i, out, cap, *n);
             if (rc) break;
         }
+        pthread_mutex_unlock(&s->mu);
         return rc;
     }
-    pthread_mutex_lock(&s->mu);
-    aof_keyidx *k = aof_idx_find(s, key_id);
-    uint64_t count = k && k->def_pos ? visible_count(s, k) : 0;
-    if (!count || offset < k->first_offset || offset - k->first_offset >= count) {
-        pthread_mutex_unlock(&s->mu);
-        return AOF_ENOTFOUND;
-    }
-    uint64_t end = s->write_pos;
-    for (uint64_t i = offset - k->first_offset; i < count && *n < cap; i++, (*n)++) {
-        rc = load_record(s, k->pos[i], end, key_id, k->first_offset + i, out, cap, *n);
+    const unsigned char *e = sealed_entry(s, key_id);
+    if (!e) return AOF_ENOTFOUND;
+    uint64_t first = ld64(e + AOF_K_FIRST_OFFSET), count = ld64(e + AOF_K_COUNT);
+    uint64_t start = ld64(e + AOF_K_POS_START);
+    if (offset < first || offset - first >= count) return AOF_ENOTFOUND;
+    const unsigned char *positions = s->index + s->key_count * AOF_KEY_ENTRY_BYTES;
+    for (uint64_t i = offset - first; i < count && *n < cap; i++, (*n)++) {
+        rc = load_record(s, ld64(positions + (start + i) * 8), s->index_pos, key_id, first + i, out,
+                         cap, *n);
         if (rc) break;
     }
-    pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
