@@ -713,10 +713,13 @@ int aof_seg_check_buffer(const char *buf, size_t len, aof_seg_info *info,
     s->map_len = s->file_bytes = len;
     int rc = parse_header(s, len);
     if (!rc) {
-        if (parse_footer(s, len))
+        if (parse_footer(s, len)) {
             rc = aof_seg_verify(s);
-        else
+            report->valid_end = report->stop_pos = s->index_pos;
+            report->reason = AOF_STOP_END;
+        } else {
             rc = scan_records(s, len, report);
+        }
     }
     if (!rc && info) rc = aof_seg_info_get(s, info);
     aof_seg_free(s);
@@ -839,17 +842,19 @@ int aof_seg_keys(aof_seg *s, aof_key_range *out, size_t cap, size_t *n) {
 }
 
 int aof_seg_key_name(aof_seg *s, uint32_t key_id, char *buf, size_t cap, size_t *len) {
-    uint64_t def_pos = 0;
+    uint64_t def_pos = 0, end;
     if (lock_unsealed(s)) {
         aof_keyidx *k = aof_idx_find(s, key_id);
         if (k) def_pos = k->def_pos;
+        end = visible_end(s);
         pthread_mutex_unlock(&s->mu);
     } else {
         const unsigned char *e = sealed_entry(s, key_id);
         if (e) def_pos = ld64(e + AOF_K_DEF_POS);
+        end = s->index_pos;
     }
     if (!def_pos) return AOF_ENOTFOUND;
-    uint64_t end = s->committed_end, rec_end;
+    uint64_t rec_end;
     if (def_pos >= end || check_record(s, def_pos, end, &rec_end) != AOF_STOP_END ||
         rec_end <= def_pos || !(ld16(s->base + def_pos + AOF_R_FLAGS) & AOF_FLAG_KEYDEF) ||
         ld32(s->base + def_pos + AOF_R_KEY_ID) != key_id)

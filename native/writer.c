@@ -229,6 +229,11 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
     }
     aof_seg *s = w->seg;
     pthread_mutex_lock(&s->mu);
+    if (s->sealed) {
+        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&w->mu);
+        return aof_fail(AOF_ESEALED, 0, 0, "%s: segment is sealed (detach it before sealing)", s->path);
+    }
     uint64_t need = def_bytes(w, s, key_id) + n * AOF_RECORD_HEADER_BYTES + payload;
     aof_keyidx *k = NULL;
     if ((rc = room(w, s, need)) || (rc = define_in_segment(w, s, key_id, &k))) goto out;
