@@ -14,7 +14,7 @@ import os
 import secrets
 
 from . import errors
-from .segment import SYNC_LOG
+from .segment import sync_log_line
 
 __all__ = [
     "MARKER",
@@ -66,12 +66,26 @@ def inspect_path(root: str) -> str:
         raise errors.FormatError(f"{root}: exists and is not a directory, so not an aoflite store (choose another path)")
     if os.path.exists(os.path.join(root, MARKER)):
         return "store"
-    if not os.listdir(root):
+    if _only_creation_leftovers(root):
         return "empty"
     raise errors.FormatError(
         f"{root}: directory is not empty and has no {MARKER} marker, so it is not an aoflite store "
         "(choose an empty or new path)"
     )
+
+
+def _only_creation_leftovers(root: str) -> bool:
+    """True for an empty directory, or one holding only what an interrupted
+    creation leaves before the marker: the lock file, the marker's temporary
+    file, and the empty segments/ and manifest/ directories."""
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if name in ("LOCK", MARKER + ".tmp") and os.path.isfile(path):
+            continue
+        if name in ("segments", "manifest") and os.path.isdir(path) and not os.listdir(path):
+            continue
+        return False
+    return True
 
 
 def read_marker(root: str) -> tuple[int, int]:
@@ -108,7 +122,7 @@ def create_layout(root: str) -> int:
         f.write(f"aoflite store\nformat {FORMAT_VERSION}\nstore_id {store_id:016x}\n")
         f.flush()
         os.fsync(f.fileno())
-        _synclog(f"F {tmp} {f.tell()}")
+        sync_log_line(f"F {tmp} {f.tell()}")
     os.replace(tmp, os.path.join(root, MARKER))
     fsync_dir(root)
     fsync_dir(os.path.dirname(os.path.abspath(root)))
@@ -146,11 +160,4 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _synclog(f"D {path}")
-
-
-def _synclog(line: str) -> None:
-    # see aoflite.segment.SYNC_LOG; a no-op outside the power-loss tests
-    if SYNC_LOG:
-        with open(SYNC_LOG, "a") as f:
-            f.write(line + "\n")
+    sync_log_line(f"D {path}")

@@ -69,11 +69,26 @@ def force_software_crc32c(force: bool) -> None:
     lib.aof_crc32c_force_software(1 if force else 0)
 
 
-#: Power-loss tests set AOFLITE_SYNC_LOG to a file; every completed sync
-#: (C and Python) then appends a line naming what it made durable.
-SYNC_LOG = os.environ.get("AOFLITE_SYNC_LOG") or None
-if SYNC_LOG:
-    lib.aof_synclog_open(os.fsencode(SYNC_LOG))
+#: Power-loss tests set AOFLITE_SYNC_LOG to a file (or call
+#: enable_sync_log); every completed sync, in C and in Python, then appends
+#: a line naming what it made durable. See docs/testing.md.
+SYNC_LOG: str | None = None
+
+
+def enable_sync_log(path: str | None) -> None:
+    """Log every completed sync to path (None stops logging)."""
+    global SYNC_LOG
+    rc = lib.aof_synclog_open(os.fsencode(path) if path else ffi.NULL)
+    if rc:
+        _raise(rc, path, "opening the sync log")
+    SYNC_LOG = path
+
+
+def sync_log_line(line: str) -> None:
+    """Append a line for a sync done in Python (a no-op unless logging)."""
+    if SYNC_LOG:
+        with open(SYNC_LOG, "a") as f:
+            f.write(line + "\n")
 
 
 def arm_native_failpoint(name: str, skip: int, kill: bool) -> None:
@@ -215,7 +230,7 @@ class Segment:
         out = ffi.new("aof_seg **")
         rc = lib.aof_seg_create(_path(path), store_id, segment_id, first_lsn, capacity, out)
         if rc:
-            _raise(rc, path, f"creating segment {path}")
+            _raise(rc, path, "creating a segment")
         return cls(out[0], path)
 
     @classmethod
@@ -226,7 +241,7 @@ class Segment:
         mode = lib.AOF_OPEN_WRITE if write else lib.AOF_OPEN_READ
         rc = lib.aof_seg_open(_path(path), mode, capacity, out, rep)
         if rc:
-            _raise(rc, path, f"opening segment {path}")
+            _raise(rc, path, "opening a segment")
         return cls(out[0], path), _report(rep)
 
     @staticmethod
@@ -250,21 +265,21 @@ class Segment:
         rep = ffi.new("aof_scan_report *")
         rc = lib.aof_seg_refresh(self._ptr, rep)
         if rc:
-            _raise(rc, self.path, f"following segment {self.path}")
+            _raise(rc, self.path, "following a segment")
         return _report(rep)
 
     def seal(self) -> SegmentInfo:
         """Write the index and footer and sync; the segment becomes read-only."""
         rc = lib.aof_seg_seal(self._ptr)
         if rc:
-            _raise(rc, self.path, f"sealing segment {self.path}")
+            _raise(rc, self.path, "sealing a segment")
         return self.info()
 
     def verify(self) -> None:
         """Check the file CRC, every record, and the index of a sealed segment."""
         rc = lib.aof_seg_verify(self._ptr)
         if rc:
-            _raise(rc, self.path, f"verifying segment {self.path}")
+            _raise(rc, self.path, "verifying a segment")
 
     def memory(self) -> memoryview:
         """The segment's bytes (sealed: exactly the file)."""
@@ -406,7 +421,7 @@ class Writer:
         """Make seg the active segment."""
         rc = lib.aof_writer_attach(self._ptr, seg._ptr)
         if rc:
-            _raise(rc, seg.path, f"activating segment {seg.path}")
+            _raise(rc, seg.path, "activating a segment")
         self.segment = seg
 
     def detach(self) -> Segment | None:
@@ -485,3 +500,7 @@ class Writer:
     def from_buffer(value):
         """A zero-copy C view of any bytes-like object."""
         return ffi.from_buffer(value)
+
+
+if os.environ.get("AOFLITE_SYNC_LOG"):
+    enable_sync_log(os.environ["AOFLITE_SYNC_LOG"])

@@ -559,6 +559,13 @@ class Store:
         for live in self._live:
             if live.info().segment_id == segment_id:
                 return live
+        seg = self._open_sealed(segment_id)
+        self._cache_segment(segment_id, seg)
+        return seg
+
+    def _open_sealed(self, segment_id: int) -> Segment:
+        """Open the file of a segment the manifest says is sealed; any way it
+        falls short of that is corruption."""
         path = layout.segment_path(self.path, segment_id)
         try:
             seg, _ = Segment.open(path)
@@ -568,17 +575,53 @@ class Store:
                 "(restore it from a backup or replica)",
                 path=path,
             ) from None
+        except errors.FormatError as e:
+            raise errors.CorruptionError(
+                f"segment {segment_id} is in the manifest but its file is not a readable segment: {e} "
+                "(restore it from a backup or replica)",
+                path=path,
+                position=0,
+            ) from None
         info = seg.info()
         recovery.check_identity(seg, info, self._store_id, segment_id)
         if not info.sealed:
             raise errors.CorruptionError(
                 f"{path}: the manifest says segment {segment_id} is sealed but its footer is missing or damaged "
-                "(run 'aoflite verify')",
+                "(restore it from a backup or replica)",
                 path=path,
                 position=info.file_bytes,
             )
-        self._cache_segment(segment_id, seg)
         return seg
+
+    def verify(self, segment_id: int | None = None) -> int:
+        """Check sealed segments as they are on disk now: the file CRC, every
+        record, the index, and agreement with the manifest. Raises
+        CorruptionError naming the first bad one; returns how many were
+        checked. Reads the whole of each segment."""
+        self._check_open()
+        if segment_id is None:
+            recs = [r for r in self._manifest.segments() if r.state == "sealed"]
+        else:
+            _check_offset("segment_id", segment_id)
+            rec = self._manifest.segment(segment_id)
+            if rec is None:
+                raise errors.NotFound(f"{self.path}: no segment {segment_id} in the manifest")
+            if rec.state != "sealed":
+                raise errors.Error(f"{self.path}: segment {segment_id} is still active (seal it first)")
+            recs = [rec]
+        for rec in recs:
+            seg = self._open_sealed(rec.segment_id)
+            seg.verify()
+            info = seg.info()
+            facts = (info.record_count, info.last_lsn, info.file_crc, info.file_bytes)
+            if facts != (rec.record_count, rec.last_lsn, rec.file_crc, rec.file_bytes):
+                raise errors.CorruptionError(
+                    f"{seg.path}: segment {rec.segment_id} verifies on its own but is not the file the "
+                    f"manifest recorded (records, last LSN, CRC, size {facts} != "
+                    f"{(rec.record_count, rec.last_lsn, rec.file_crc, rec.file_bytes)})",
+                    path=seg.path,
+                )
+        return len(recs)
 
     def _key_ranges(self, kid: int) -> list[tuple[int, int, int]]:
         ranges = self._ranges.get(kid)

@@ -115,11 +115,16 @@ def check_recovered(
         if total != sum(survived.values()):
             _fail(f"scan_all yields {total} records, keys hold {sum(survived.values())}")
         if append_after and not db.readonly:
+            top = lsns[-1] if lsns else 0
             for key, n in survived.items():
                 if db.append(key, b"after-recovery") != n:
                     _fail(f"key {key!r}: append after recovery did not get offset {n}")
-                if db.read(key, n).value != b"after-recovery":
+                rec = db.read(key, n)
+                if rec.value != b"after-recovery":
                     _fail(f"key {key!r}: record appended after recovery reads back wrong")
+                if rec.lsn <= top:
+                    _fail(f"key {key!r}: LSN {rec.lsn} after recovery is not above the last recovered LSN {top}")
+                top = rec.lsn
                 survived[key] = n + 1
             db.commit()
     check_files(path)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from aoflite import failpoints
 
 from . import stats
+
+
+def pytest_report_header(config):
+    return f"aoflite fuzz profile: {os.environ.get('AOFLITE_FUZZ_PROFILE', 'ci')}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -20,3 +26,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for name in sorted(stats.counters):
         tr.write_line(f"{name}: {stats.counters[name]}")
     tr.write_line(f"acknowledged records lost: {stats.counters.get('acknowledged records lost', 0)}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # a lost acknowledged record fails the run even if a test swallowed it
+    if stats.counters.get("acknowledged records lost", 0) and exitstatus == 0:
+        session.exitstatus = 1

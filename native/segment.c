@@ -306,18 +306,19 @@ static void put_header(aof_seg *s) {
 
 static int parse_header(aof_seg *s, uint64_t avail) {
     const unsigned char *h = s->base;
+    const char *name = s->path ? s->path : "<buffer>";
     if (avail < AOF_HEADER_BYTES || memcmp(h + AOF_H_MAGIC, AOF_SEG_MAGIC, 8) != 0)
-        return aof_fail(AOF_EFORMAT, 0, 0, "%s: not an aoflite segment (bad magic or too short)",
-                        s->path ? s->path : "<buffer>");
+        return aof_fail(AOF_EFORMAT, 0, 0, "%s: not an aoflite segment (bad magic or too short)", name);
+    /* the CRC first: a damaged version field is damage, not a newer format */
+    if (aof_crc_unmask(ld32(h + AOF_H_CRC)) != aof_crc32c(0, h, AOF_H_CRC))
+        return aof_fail(AOF_ECORRUPT, 0, 0, "%s: segment header checksum mismatch at byte 0", name);
     s->version = ld32(h + AOF_H_VERSION);
     if (s->version > AOF_FORMAT_VERSION)
         return aof_fail(AOF_EVERSION, 0, AOF_H_VERSION,
-                        "%s: segment format version %u is newer than this aoflite's %u",
-                        s->path ? s->path : "<buffer>", s->version, AOF_FORMAT_VERSION);
-    if (aof_crc_unmask(ld32(h + AOF_H_CRC)) != aof_crc32c(0, h, AOF_H_CRC) || s->version == 0 ||
-        ld32(h + AOF_H_HEADER_BYTES) != AOF_HEADER_BYTES)
-        return aof_fail(AOF_ECORRUPT, 0, 0, "%s: segment header checksum mismatch at byte 0",
-                        s->path ? s->path : "<buffer>");
+                        "%s: segment format version %u is newer than this aoflite's %u", name,
+                        s->version, AOF_FORMAT_VERSION);
+    if (s->version == 0 || ld32(h + AOF_H_HEADER_BYTES) != AOF_HEADER_BYTES)
+        return aof_fail(AOF_ECORRUPT, 0, 0, "%s: segment header at byte 0 holds impossible fields", name);
     s->store_id = ld64(h + AOF_H_STORE_ID);
     s->segment_id = ld64(h + AOF_H_SEGMENT_ID);
     s->first_lsn = ld64(h + AOF_H_FIRST_LSN);
@@ -862,6 +863,10 @@ int aof_seg_key_name(aof_seg *s, uint32_t key_id, char *buf, size_t cap, size_t 
                         "%s: key definition of key id %u at byte %llu is damaged",
                         s->path ? s->path : "<buffer>", key_id, (unsigned long long)def_pos);
     uint32_t n = ld32(s->base + def_pos + AOF_R_LENGTH);
+    if (n == 0 || n > AOF_MAX_KEY_BYTES)
+        return aof_fail(AOF_ECORRUPT, 0, def_pos,
+                        "%s: key definition of key id %u at byte %llu has an impossible length %u",
+                        s->path ? s->path : "<buffer>", key_id, (unsigned long long)def_pos, n);
     *len = n;
     if (n > cap) return AOF_ETOOBIG;
     memcpy(buf, s->base + def_pos + AOF_RECORD_HEADER_BYTES, n);

@@ -88,3 +88,21 @@ def test_bench_runs(tmp_path):
     assert {"aoflite.append", "aoflite.append_many", "sqlite.executemany", "fsync.commit"} <= cases
     ratios = {(t["group"], t["label"]): t["ratio"] for t in report["targets"]}
     assert len(ratios) == 10 and all(r is not None and r > 0 for r in ratios.values()), ratios
+
+
+@pytest.mark.parametrize("args, profile", [([], "ci"), (["--long"], "long")])
+def test_fuzz_script_profiles(args, profile):
+    """`tools/fuzz.sh [--long]` installs, picks its profile and hands the
+    rest to pytest (here only collecting: tools/test.sh runs the suite)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, AOFLITE_LIBFUZZER_SECONDS="0")
+    env.pop("AOFLITE_FUZZ_PROFILE", None)
+    r = subprocess.run(
+        [str(ROOT / "tools" / "fuzz.sh"), *args, "--collect-only", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"aoflite fuzz profile: {profile}" in r.stdout
+    assert "test_powerloss.py" in r.stdout and "test_failpoints.py" in r.stdout

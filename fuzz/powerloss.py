@@ -1,0 +1,314 @@
+"""Simulated power loss: the store a machine would find after losing power.
+
+The sync log (see aoflite.segment.SYNC_LOG) says which bytes of which file
+were on stable storage at each moment. ``build_image`` turns a store
+directory, live or just killed, and its log into a crash image in another
+directory:
+
+- a segment file keeps the ranges its msyncs (``R``) made durable, and its
+  header once an fsync (``F``) covered it; the header is all a segment holds
+  at its creating fsync, the rest of the file being preallocated zeros that
+  appends later overwrite without that fsync covering them;
+- every other stretch of a file, page by page (PAGE), is independently kept,
+  dropped (the old bytes: zeros inside the durable size, nothing past it),
+  torn (kept up to a sector boundary (SECTOR), dropped after), zeroed, or
+  filled with garbage, as a Chooser decides;
+- other files (the store marker, written through a temporary name) are
+  durable whole once fsynced; a file whose creation no fsync of the file nor
+  of its directory made durable may vanish;
+- the LMDB manifest is taken as of its last commit (LMDB syncs each one).
+
+The image is then opened and checked with fuzz.checks.check_recovered
+(``crash_and_check``). Bytes nothing acknowledged may come back as anything,
+so a cut taken while the store is open and writing is a valid crash.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+from aoflite import layout
+from aoflite import segment as _segment
+
+from . import stats
+from .checks import InvariantError, check_recovered
+
+__all__ = [
+    "ACTIONS",
+    "Chooser",
+    "PlanChooser",
+    "RandomChooser",
+    "build_image",
+    "crash_and_check",
+    "crash_file",
+    "disable_sync_log",
+    "enable_sync_log",
+    "mark_durable",
+    "plans",
+    "read_sync_log",
+]
+
+PAGE = 4096
+SECTOR = 512
+ACTIONS = ("keep", "drop", "torn", "zero", "garbage")
+
+T = TypeVar("T")
+
+
+class Chooser(Protocol):
+    """Where a crash image's choices come from."""
+
+    def choice(self, options: Sequence[T]) -> T: ...
+
+    def integer(self, lo: int, hi: int) -> int: ...
+
+
+class RandomChooser:
+    """Choices from a seeded random.Random."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+
+    def choice(self, options):
+        return self.rng.choice(options)
+
+    def integer(self, lo, hi):
+        return self.rng.randint(lo, hi)
+
+
+class PlanChooser:
+    """Page fates taken in turn from a plan (cycling), everything else from
+    a seeded random.Random. Its shape does not depend on the store, so
+    hypothesis replays it even when a background flush moved the durable
+    end (``plans()``), and failures shrink toward keeping every page."""
+
+    def __init__(self, fates: Sequence[str], seed: int):
+        self.fates, self.seed = list(fates), seed
+        self.rng = random.Random(seed)
+        self.turn = 0
+
+    def choice(self, options):
+        if tuple(options) == ACTIONS:
+            self.turn += 1
+            return self.fates[(self.turn - 1) % len(self.fates)]
+        return self.rng.choice(options)
+
+    def integer(self, lo, hi):
+        return self.rng.randint(lo, hi)
+
+    def __repr__(self):
+        return f"PlanChooser({self.fates!r}, {self.seed})"
+
+
+def plans(max_fates: int = 32):
+    """A hypothesis strategy of PlanChoosers."""
+    from hypothesis import strategies as st
+
+    return st.builds(
+        PlanChooser, st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=max_fates), st.integers(0, 2**32 - 1)
+    )
+
+
+# ------------------------------------------------------------- the sync log
+
+
+def enable_sync_log(path: str) -> None:
+    """Start logging syncs to path, as AOFLITE_SYNC_LOG does when set before
+    aoflite is imported (pytest imports it before any test can set it)."""
+    _segment.enable_sync_log(path)
+
+
+def disable_sync_log() -> None:
+    """Stop logging syncs."""
+    _segment.enable_sync_log(None)
+
+
+class FileLog:
+    """What the log says of one file."""
+
+    def __init__(self, first_line: int):
+        self.first_line = first_line
+        self.ranges: list[tuple[int, int]] = []
+        self.size: int | None = None  # from the last F line
+
+    def durable(self, is_segment: bool) -> list[tuple[int, int]]:
+        """Merged byte ranges known durable."""
+        ranges = list(self.ranges)
+        if self.size is not None:
+            ranges.append((0, min(self.size, _segment.HEADER_BYTES) if is_segment else self.size))
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(ranges):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            elif b > a:
+                merged.append((a, b))
+        return merged
+
+
+# the marker is written under this name, fsynced, then renamed
+_RENAMED = {layout.MARKER + ".tmp": layout.MARKER}
+
+
+def read_sync_log(log_path: str, root: str) -> tuple[dict[str, FileLog], dict[str, int]]:
+    """Parse the log for files under root: (path -> FileLog, directory ->
+    line of its last D)."""
+    root = os.path.abspath(root)
+    files: dict[str, FileLog] = {}
+    dirs: dict[str, int] = {}
+    with open(log_path) as f:
+        lines = f.read().splitlines()
+    for n, line in enumerate(lines):
+        kind, _, rest = line.partition(" ")
+        if kind == "D":
+            dirs[os.path.abspath(rest)] = n
+            continue
+        if kind == "R":
+            path, a, b = rest.rsplit(" ", 2)
+        elif kind == "F":
+            path, a = rest.rsplit(" ", 1)
+        else:
+            continue  # not a sync line
+        path = os.path.abspath(path)
+        if os.path.commonpath([root, path]) != root:
+            continue
+        head, name = os.path.split(path)
+        path = os.path.join(head, _RENAMED.get(name, name))
+        flog = files.setdefault(path, FileLog(n))
+        if kind == "R":
+            flog.ranges.append((int(a), int(b)))
+        else:
+            flog.size = int(a)
+    return files, dirs
+
+
+# ------------------------------------------------------------------ images
+
+
+def _is_segment(path: str) -> bool:
+    return os.path.basename(os.path.dirname(path)) == "segments" and path.endswith(".seg")
+
+
+def _gaps(durable: list[tuple[int, int]], end: int) -> Iterable[tuple[int, int]]:
+    """The stretches of [0, end) outside durable, split at page boundaries."""
+    pos = 0
+    for a, b in [*durable, (end, end)]:
+        a = min(a, end)
+        while pos < a:
+            stop = min(a, (pos // PAGE + 1) * PAGE)
+            yield pos, stop
+            pos = stop
+        pos = max(pos, b)
+
+
+def crash_file(current: bytes, flog: FileLog | None, is_segment: bool, chooser: Chooser, tally: dict) -> bytes:
+    """The bytes a file holds after the crash."""
+    durable = flog.durable(is_segment) if flog else []
+    # an msync'ed page past the fsynced size carries the size with it
+    durable_size = min(len(current), max([flog.size or 0, *(b for _, b in durable)])) if flog else 0
+    # past the last non-zero byte (and the page after it) every choice but
+    # garbage gives the same zeros, and garbage there is never read
+    horizon = min(len(current), (len(current.rstrip(b"\0")) // PAGE + 2) * PAGE)
+    out = bytearray(current)
+    size = durable_size
+    for a, b in _gaps(durable, horizon):
+        action = chooser.choice(ACTIONS)
+        tally[action] = tally.get(action, 0) + 1
+        if action == "keep":
+            size = max(size, b)
+        elif action == "torn":
+            cuts = range((a // SECTOR + 1) * SECTOR, b, SECTOR)
+            cut = chooser.choice(cuts) if cuts else a
+            out[cut:b] = bytes(b - cut)
+            size = max(size, cut)
+        elif action == "garbage":
+            out[a:b] = random.Random(chooser.integer(0, 2**32 - 1)).randbytes(b - a)
+            size = max(size, b)
+        else:
+            out[a:b] = bytes(b - a)
+            if action == "zero":
+                size = max(size, b)
+    del out[size:]
+    return bytes(out)
+
+
+def build_image(root: str, log_path: str, dest: str, chooser: Chooser, manifest_env=None) -> dict[str, int]:
+    """Write the crash image of the store at root into dest (which must not
+    exist) and return how often each choice was made. manifest_env: the
+    live LMDB environment when the store is open (None: copy the files)."""
+    root = os.path.abspath(root)
+    files, dirs = read_sync_log(log_path, root)  # before the copy: see module doc
+    tally: dict[str, int] = {}
+    man_src, man_dst = layout.manifest_dir(root), layout.manifest_dir(dest)
+    os.makedirs(man_dst)
+    if manifest_env is not None:
+        manifest_env.copy(man_dst)
+    else:
+        shutil.copy(os.path.join(man_src, "data.mdb"), man_dst)
+    for dirpath, _, names in os.walk(root):
+        if os.path.commonpath([dirpath, man_src]) == man_src:
+            continue
+        out_dir = os.path.join(dest, os.path.relpath(dirpath, root))
+        os.makedirs(out_dir, exist_ok=True)
+        for name in sorted(names):
+            path = os.path.join(dirpath, name)
+            flog = files.get(path)
+            entry_durable = flog is not None and (
+                flog.size is not None or dirs.get(dirpath, -1) > flog.first_line
+            )
+            if not entry_durable and chooser.choice((False, True)):
+                tally["vanished"] = tally.get("vanished", 0) + 1
+                continue
+            with open(path, "rb") as f:
+                current = f.read()
+            with open(os.path.join(out_dir, name), "wb") as f:
+                f.write(crash_file(current, flog, _is_segment(path), chooser, tally))
+    mark_durable(dest, log_path)
+    return tally
+
+
+def mark_durable(root: str, log_path: str) -> None:
+    """Log every file under root as wholly durable: a crash image is what
+    the disk holds, so a later cut of a store continued from it keeps it."""
+    lines = []
+    for dirpath, _, names in os.walk(os.path.abspath(root)):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            size = os.path.getsize(path)
+            lines += [f"R {path} 0 {size}", f"F {path} {size}"]
+        lines.append(f"D {dirpath}")
+    with open(log_path, "a") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+_LOST = re.compile(r"(\d+) records acknowledged, (\d+) survived")
+
+
+def crash_and_check(
+    root: str,
+    log_path: str,
+    dest: str,
+    chooser: Chooser,
+    appended: Mapping[str, Sequence[bytes]],
+    acked: Mapping[str, int],
+    batches: Iterable[Sequence[tuple[str, int]]] = (),
+    manifest_env=None,
+    **open_kwargs,
+) -> dict[str, int]:
+    """Build a crash image of root in dest, recover it and check every
+    invariant (fuzz.checks.check_recovered); returns the survivors."""
+    build_image(root, log_path, dest, chooser, manifest_env)
+    stats.add("crash schedules")
+    stats.add("acknowledged records checked", sum(acked.values()))
+    try:
+        return check_recovered(dest, appended, acked, batches, **open_kwargs)
+    except InvariantError as e:
+        lost = _LOST.search(str(e))
+        if lost:
+            stats.add("acknowledged records lost", int(lost[1]) - int(lost[2]))
+        raise
+
