@@ -113,29 +113,26 @@ def _raise(rc: int, path: str | None = None, what: str = "") -> None:
     pos = int(detail.pos) if detail.code == rc else None
     if rc == lib.AOF_ECORRUPT:
         raise errors.CorruptionError(
-            f"{msg} (the segment is damaged: restore it from a replica or run 'aoflite verify')",
+            f"{msg} (the segment is damaged: restore it from a replica; Store.verify() checks them all)",
             path=path,
             position=pos,
         )
-    if rc in (lib.AOF_EFORMAT, lib.AOF_EVERSION):
-        raise errors.FormatError(msg)
-    if rc == lib.AOF_ENOTFOUND:
-        raise errors.NotFound(msg)
-    if rc == lib.AOF_ETOOBIG:
-        raise errors.RecordTooLarge(msg)
-    if rc == lib.AOF_ECLOSED:
-        raise errors.ClosedError(msg)
-    if rc == lib.AOF_EREADONLY:
-        raise errors.ReadOnlyError(msg)
-    if rc == lib.AOF_ETXN:
-        raise errors.TransactionError(msg)
-    if rc == lib.AOF_EINVAL:
-        raise ValueError(msg)
-    if rc == lib.AOF_ENOMEM:
-        raise MemoryError(msg)
     if rc == lib.AOF_EIO:
         raise errors.StorageError(detail.sys_errno, f"{msg} (check free space and the device)")
-    raise errors.Error(msg)
+    raise _EXCEPTIONS.get(rc, errors.Error)(msg)
+
+
+_EXCEPTIONS: dict[int, type[Exception]] = {
+    lib.AOF_EFORMAT: errors.FormatError,
+    lib.AOF_EVERSION: errors.FormatError,
+    lib.AOF_ENOTFOUND: errors.NotFound,
+    lib.AOF_ETOOBIG: errors.RecordTooLarge,
+    lib.AOF_ECLOSED: errors.ClosedError,
+    lib.AOF_EREADONLY: errors.ReadOnlyError,
+    lib.AOF_ETXN: errors.TransactionError,
+    lib.AOF_EINVAL: ValueError,
+    lib.AOF_ENOMEM: MemoryError,
+}
 
 
 class ScanReport(NamedTuple):

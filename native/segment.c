@@ -328,6 +328,19 @@ static int parse_header(aof_seg *s, uint64_t avail) {
     return AOF_OK;
 }
 
+/* From here on reads go through the on-disk index. */
+static void set_sealed(aof_seg *s, uint64_t ipos, uint64_t ibytes, uint64_t nkeys, uint64_t nrec,
+                       uint32_t file_crc) {
+    s->sealed = 1;
+    s->index = s->base + ipos;
+    s->index_pos = ipos;
+    s->index_bytes = ibytes;
+    s->key_count = nkeys;
+    s->record_count = nrec;
+    s->file_crc = file_crc;
+    s->committed_end = s->write_pos = ipos;
+}
+
 /* Returns 1 when the last AOF_FOOTER_BYTES of the first len bytes are a
  * sound footer whose index checks out; fills the sealed fields. */
 static int parse_footer(aof_seg *s, uint64_t len) {
@@ -361,15 +374,8 @@ static int parse_footer(aof_seg *s, uint64_t len) {
         next_start = start + count;
     }
     if (next_start != nrec) return 0;
-    s->sealed = 1;
-    s->index = s->base + ipos;
-    s->index_pos = ipos;
-    s->index_bytes = ibytes;
-    s->key_count = nkeys;
-    s->record_count = nrec;
+    set_sealed(s, ipos, ibytes, nkeys, nrec, ld32(f + AOF_F_FILE_CRC));
     s->last_lsn = ld64(f + AOF_F_LAST_LSN);
-    s->file_crc = ld32(f + AOF_F_FILE_CRC);
-    s->committed_end = s->write_pos = ipos;
     return 1;
 }
 
@@ -1076,13 +1082,7 @@ int aof_seg_seal(aof_seg *s) {
     if ((rc = file_sync(s, total))) goto out;
     free_index(s);
     s->file_bytes = total;
-    s->sealed = 1;
-    s->index = s->base + ipos;
-    s->index_pos = ipos;
-    s->index_bytes = ibytes;
-    s->key_count = nkeys;
-    s->record_count = nrec;
-    s->file_crc = file_crc;
+    set_sealed(s, ipos, ibytes, nkeys, nrec, file_crc);
 out:
     free(order);
     pthread_mutex_unlock(&s->mu);
