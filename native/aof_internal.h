@@ -120,13 +120,22 @@ int aof_undo_push(aof_seg *s, uint32_t entry);
 /* pops every index entry past committed_end; returns how many data records */
 uint64_t aof_idx_undo(aof_seg *s, void (*each)(void *, uint32_t), void *arg);
 
-/* writes a record header + payload at pos (caller checked room), returns end */
+/* record encoding: header fields and CRC (over the header after the CRC,
+ * then the payload, wherever it lies); a whole record into h; a whole
+ * record into the map at pos (caller checked room), returning its end */
+void aof_encode_header(unsigned char *h, uint32_t key_id, uint16_t flags, uint64_t offset,
+                       uint64_t lsn, int64_t ts, const void *payload, uint32_t len);
+uint64_t aof_encode_record(unsigned char *h, uint32_t key_id, uint16_t flags, uint64_t offset,
+                           uint64_t lsn, int64_t ts, const void *payload, uint32_t len);
 uint64_t aof_put_record(aof_seg *s, uint64_t pos, uint32_t key_id, uint16_t flags,
                         uint64_t offset, uint64_t lsn, int64_t ts, const void *payload,
                         uint32_t len);
 /* makes the file at least new_bytes long (preallocated), within the reserve */
 int aof_seg_grow(aof_seg *s, uint64_t new_bytes);
 int aof_seg_sync_range(aof_seg *s, uint64_t from, uint64_t to);
+/* writes the vectors at pos with pwritev, finishing short writes */
+struct iovec;
+int aof_seg_pwrite(aof_seg *s, const struct iovec *iov, int iovcnt, uint64_t pos);
 /* prefaults the writable map ahead of end (best effort) */
 void aof_seg_populate(aof_seg *s, uint64_t end);
 

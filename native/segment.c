@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +67,8 @@ int64_t aof_now_ms(void) {
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+static int sys_fail(const aof_seg *s, const char *what, uint64_t pos);
 
 /* ------------------------------------------------------------- the index */
 
@@ -171,10 +174,8 @@ uint64_t aof_idx_undo(aof_seg *s, void (*each)(void *, uint32_t), void *arg) {
 
 /* ---------------------------------------------------------------- records */
 
-uint64_t aof_put_record(aof_seg *s, uint64_t pos, uint32_t key_id, uint16_t flags,
-                        uint64_t offset, uint64_t lsn, int64_t ts, const void *payload,
-                        uint32_t len) {
-    unsigned char *h = s->base + pos;
+void aof_encode_header(unsigned char *h, uint32_t key_id, uint16_t flags, uint64_t offset,
+                       uint64_t lsn, int64_t ts, const void *payload, uint32_t len) {
     st32(h + AOF_R_LENGTH, len);
     st32(h + AOF_R_KEY_ID, key_id);
     st16(h + AOF_R_FLAGS, flags);
@@ -182,10 +183,58 @@ uint64_t aof_put_record(aof_seg *s, uint64_t pos, uint32_t key_id, uint16_t flag
     st64(h + AOF_R_OFFSET, offset);
     st64(h + AOF_R_LSN, lsn);
     st64(h + AOF_R_TIMESTAMP, (uint64_t)ts);
-    if (len) memcpy(h + AOF_RECORD_HEADER_BYTES, payload, len);
-    uint32_t crc = aof_crc32c(0, h + 4, AOF_RECORD_HEADER_BYTES - 4 + (size_t)len);
+    uint32_t crc = aof_crc32c(0, h + 4, AOF_RECORD_HEADER_BYTES - 4);
+    if (len) crc = aof_crc32c(crc, payload, len);
     st32(h + AOF_R_CRC, aof_crc_mask(crc));
-    return pos + AOF_RECORD_HEADER_BYTES + len;
+}
+
+uint64_t aof_encode_record(unsigned char *h, uint32_t key_id, uint16_t flags, uint64_t offset,
+                           uint64_t lsn, int64_t ts, const void *payload, uint32_t len) {
+    if (len) memcpy(h + AOF_RECORD_HEADER_BYTES, payload, len);
+    aof_encode_header(h, key_id, flags, offset, lsn, ts, h + AOF_RECORD_HEADER_BYTES, len);
+    return AOF_RECORD_HEADER_BYTES + (uint64_t)len;
+}
+
+uint64_t aof_put_record(aof_seg *s, uint64_t pos, uint32_t key_id, uint16_t flags,
+                        uint64_t offset, uint64_t lsn, int64_t ts, const void *payload,
+                        uint32_t len) {
+    return pos + aof_encode_record(s->base + pos, key_id, flags, offset, lsn, ts, payload, len);
+}
+
+int aof_seg_pwrite(aof_seg *s, const struct iovec *iov, int iovcnt, uint64_t pos) {
+    size_t want = 0;
+    for (int i = 0; i < iovcnt; i++) want += iov[i].iov_len;
+    ssize_t n;
+    do n = pwritev(s->fd, iov, iovcnt, (off_t)pos);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return sys_fail(s, "writing", pos);
+    if ((size_t)n == want) return AOF_OK;
+    /* a short write (a signal, a full disk): the rest one piece at a time,
+     * so a persistent failure is reported with its errno */
+    size_t skip = (size_t)n;
+    for (int i = 0; i < iovcnt; i++) {
+        if (skip >= iov[i].iov_len) {
+            skip -= iov[i].iov_len;
+            pos += iov[i].iov_len;
+            continue;
+        }
+        const char *b = (const char *)iov[i].iov_base + skip;
+        size_t left = iov[i].iov_len - skip;
+        pos += skip;
+        skip = 0;
+        while (left) {
+            ssize_t m = pwrite(s->fd, b, left, (off_t)pos);
+            if (m < 0 && errno == EINTR) continue;
+            if (m <= 0) {
+                if (m == 0) errno = ENOSPC;
+                return sys_fail(s, "writing", pos);
+            }
+            b += m;
+            left -= (size_t)m;
+            pos += (uint64_t)m;
+        }
+    }
+    return AOF_OK;
 }
 
 /* Checks the record at pos against the bytes below end. Returns AOF_STOP_END

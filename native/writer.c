@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "aof_internal.h"
@@ -42,7 +43,16 @@ struct aof_writer {
     uint64_t gen;
     int waiters;
     int closed;
+    unsigned char *stage; /* records of a large batch, built here and written with pwrite */
 };
+
+/* A batch this large is built in a staging buffer and written with pwrite
+ * rather than copied into the map: the kernel then fills page-cache pages
+ * it does not have to zero first, and the flusher's writeback of them
+ * needs no TLB shootdown of the appending thread's mappings. Smaller
+ * batches (a single append) stay a memcpy, with no system call. */
+#define AOF_PWRITE_MIN (64u << 10)
+#define AOF_STAGE_BYTES (1u << 20)
 
 int aof_writer_new(uint64_t next_lsn, uint64_t max_record_bytes, uint64_t flush_bytes,
                    aof_writer **out) {
@@ -69,6 +79,7 @@ int aof_writer_new(uint64_t next_lsn, uint64_t max_record_bytes, uint64_t flush_
 
 void aof_writer_free(aof_writer *w) {
     if (!w) return;
+    free(w->stage);
     for (uint32_t i = 0; i < w->nkeys; i++) free(w->keys[i].name);
     free(w->keys);
     pthread_cond_destroy(&w->tx_cv);
@@ -153,14 +164,52 @@ static int enter(aof_writer *w) {
 /* Makes room for need bytes at the write position. A segment rolls only
  * between batches; inside a transaction, or for a batch that would not fit
  * even an empty segment, the segment grows instead. */
-static int room(aof_writer *w, aof_seg *s, uint64_t need) {
+static int room(aof_writer *w, aof_seg *s, uint64_t need, int via_map) {
     uint64_t end = s->write_pos + need;
     if (end > s->capacity || end > s->file_bytes) {
         if (end > s->capacity && !w->tx_active && s->write_pos > AOF_HEADER_BYTES) return AOF_EFULL;
         int rc = aof_seg_grow(s, end);
         if (rc) return rc;
     }
-    if (end > s->populated) aof_seg_populate(s, end);
+    if (via_map && end > s->populated) aof_seg_populate(s, end);
+    return AOF_OK;
+}
+
+/* Where a batch's records go: straight into the map, or through the
+ * staging buffer to pwrite. */
+typedef struct sink {
+    aof_seg *s;
+    unsigned char *stage; /* NULL: write into the map */
+    size_t len;           /* bytes staged */
+    uint64_t start;       /* file position of stage[0] */
+} sink;
+
+static int sink_flush(sink *k) {
+    if (!k->len) return AOF_OK;
+    struct iovec v = {k->stage, k->len};
+    k->len = 0;
+    return aof_seg_pwrite(k->s, &v, 1, k->start);
+}
+
+/* Puts one record at pos. */
+static int sink_put(sink *k, uint64_t pos, uint32_t key_id, uint16_t flags, uint64_t offset,
+                    uint64_t lsn, int64_t ts, const char *payload, uint32_t len) {
+    uint64_t size = AOF_RECORD_HEADER_BYTES + (uint64_t)len;
+    int rc;
+    if (!k->stage) {
+        aof_put_record(k->s, pos, key_id, flags, offset, lsn, ts, payload, len);
+        return AOF_OK;
+    }
+    if (k->len && k->len + size > AOF_STAGE_BYTES && (rc = sink_flush(k))) return rc;
+    if (size > AOF_STAGE_BYTES) {
+        /* larger than the stage: header from here, payload from the caller */
+        unsigned char h[AOF_RECORD_HEADER_BYTES];
+        aof_encode_header(h, key_id, flags, offset, lsn, ts, payload, len);
+        struct iovec v[2] = {{h, sizeof h}, {(void *)payload, len}};
+        return aof_seg_pwrite(k->s, v, 2, pos);
+    }
+    if (!k->len) k->start = pos;
+    k->len += aof_encode_record(k->stage + k->len, key_id, flags, offset, lsn, ts, payload, len);
     return AOF_OK;
 }
 
@@ -235,11 +284,14 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
         return aof_fail(AOF_ESEALED, 0, 0, "%s: segment is sealed (detach it before sealing)", s->path);
     }
     uint64_t need = def_bytes(w, s, key_id) + n * AOF_RECORD_HEADER_BYTES + payload;
+    sink out = {s, NULL, 0, 0};
+    if (need >= AOF_PWRITE_MIN && !w->stage) w->stage = malloc(AOF_STAGE_BYTES);
+    if (need >= AOF_PWRITE_MIN && w->stage) out.stage = w->stage;
     aof_keyidx *k = NULL;
-    if ((rc = room(w, s, need)) || (rc = define_in_segment(w, s, key_id, &k))) goto out;
+    if ((rc = room(w, s, need, !out.stage)) || (rc = define_in_segment(w, s, key_id, &k))) goto out;
     int64_t ts = timestamp_ms < 0 ? aof_now_ms() : timestamp_ms;
     wkey *wk = &w->keys[key_id];
-    uint64_t first = wk->next_offset, pos = s->write_pos;
+    uint64_t first = wk->next_offset, pos = s->write_pos, def_end = s->write_pos;
     const char *p = buf;
     for (size_t i = 0; i < n; i++) {
         uint16_t flags = (i + 1 == n && !w->tx_active) ? AOF_FLAG_BATCH_END : 0;
@@ -248,23 +300,31 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
             k->count--;
             break;
         }
-        pos = aof_put_record(s, pos, key_id, flags, wk->next_offset++, w->next_lsn++, ts, p,
-                             (uint32_t)lens[i]);
+        rc = sink_put(&out, pos, key_id, flags, wk->next_offset++, w->next_lsn++, ts, p,
+                      (uint32_t)lens[i]);
+        /* past the record even if it failed, so the cleanup zeroes any of
+         * it a short write left behind */
+        pos += AOF_RECORD_HEADER_BYTES + lens[i];
         p += lens[i];
-        if (n > 1 && i == n / 2) {
-            s->write_pos = pos; /* what a crash here leaves: half a batch */
+        if (rc) break;
+        if (n > 1 && i == n / 2 && aof_fp_armed) {
+            /* what a crash here leaves: half a batch on its way to the disk */
+            if ((rc = sink_flush(&out))) break;
+            s->write_pos = pos;
             AOF_FAILPOINT("append_many.half");
         }
     }
+    if (!rc) rc = sink_flush(&out);
     s->write_pos = pos;
     if (rc) {
-        /* out of memory midway: undo what this call wrote outside a
-         * transaction (inside one, the caller rolls the transaction back) */
+        /* a failed write or allocation midway: undo what this call wrote
+         * outside a transaction (inside one, the caller rolls it back) */
         if (!w->tx_active) {
             uint64_t done = wk->next_offset - first;
-            k->count -= done;
+            k->count -= k->count < done ? k->count : done;
             wk->next_offset = first;
             w->next_lsn -= done;
+            if (k->def_pos >= s->committed_end && k->def_pos < def_end) k->def_pos = 0;
             memset(s->base + s->committed_end, 0, s->write_pos - s->committed_end);
             s->write_pos = s->committed_end;
         }
@@ -328,7 +388,7 @@ int aof_writer_end(aof_writer *w, int commit) {
     if (commit && s->write_pos > w->tx_start_pos) {
         /* the commit record is what makes the whole run one batch */
         AOF_FAILPOINT("tx.before_commit_record");
-        if (!(rc = room(w, s, AOF_RECORD_HEADER_BYTES))) {
+        if (!(rc = room(w, s, AOF_RECORD_HEADER_BYTES, 1))) {
             s->write_pos = aof_put_record(s, s->write_pos, 0,
                                           AOF_FLAG_CONTROL | AOF_FLAG_COMMIT | AOF_FLAG_BATCH_END,
                                           0, w->next_lsn, aof_now_ms(), NULL, 0);
