@@ -3,6 +3,7 @@
     PATH/aoflite.store      marker: format version and store id (written first)
     PATH/LOCK               flock()ed by the one writable handle
     PATH/manifest/          the LMDB environment
+    PATH/feed.shm           shared memory between the writer and followers
     PATH/segments/N.seg     segment files, N the zero-padded segment id
 """
 
@@ -14,6 +15,7 @@ import os
 import secrets
 
 from . import errors
+from .failpoints import io
 from .segment import sync_log_line
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "segment_path",
     "segment_ids",
     "manifest_dir",
+    "feed_path",
     "inspect_path",
     "create_layout",
     "read_marker",
@@ -50,6 +53,11 @@ def segment_ids(root: str) -> list[int]:
         if dot and "." + suffix == _SUFFIX and stem.isdigit():
             out.append(int(stem))
     return sorted(out)
+
+
+def feed_path(root: str) -> str:
+    """The feed file the writer shares with followers (not durable data)."""
+    return os.path.join(root, "feed.shm")
 
 
 def manifest_dir(root: str) -> str:
@@ -113,17 +121,24 @@ def read_marker(root: str) -> tuple[int, int]:
 
 
 def create_layout(root: str) -> int:
-    """Make a new store's directories and marker; returns the new store id."""
-    os.makedirs(os.path.join(root, "segments"), exist_ok=True)
-    os.makedirs(manifest_dir(root), exist_ok=True)
-    store_id = secrets.randbits(63) | 1
-    tmp = os.path.join(root, MARKER + ".tmp")
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"aoflite store\nformat {FORMAT_VERSION}\nstore_id {store_id:016x}\n")
-        f.flush()
-        os.fsync(f.fileno())
-        sync_log_line(f"F {tmp} {f.tell()}")
-    os.replace(tmp, os.path.join(root, MARKER))
+    """Make a new store's directories and marker; returns the new store id.
+    A failure leaves what an interrupted creation leaves, which the next
+    open takes for an empty directory."""
+    try:
+        os.makedirs(os.path.join(root, "segments"), exist_ok=True)
+        os.makedirs(manifest_dir(root), exist_ok=True)
+        store_id = secrets.randbits(63) | 1
+        tmp = os.path.join(root, MARKER + ".tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"aoflite store\nformat {FORMAT_VERSION}\nstore_id {store_id:016x}\n")
+            f.flush()
+            io("layout.fsync")
+            os.fsync(f.fileno())
+            sync_log_line(f"F {tmp} {f.tell()}")
+        io("layout.rename")
+        os.replace(tmp, os.path.join(root, MARKER))
+    except OSError as e:
+        raise errors.StorageError(e.errno or 0, f"creating the store at {root}: {e} (check permissions and free space)") from None
     fsync_dir(root)
     fsync_dir(os.path.dirname(os.path.abspath(root)))
     return store_id
@@ -154,10 +169,14 @@ def release_lock(fd: int) -> None:
 
 
 def fsync_dir(path: str) -> None:
-    """Make a directory's entries durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Make a directory's entries durable (StorageError when that fails)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            io("layout.dirsync")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise errors.StorageError(e.errno or 0, f"syncing the directory {path}: {e} (check the device)") from None
     sync_log_line(f"D {path}")

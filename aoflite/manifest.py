@@ -25,6 +25,7 @@ makes "which segment holds (key, offset)" one range lookup.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ from typing import Any
 import attrs
 import lmdb
 
-from . import errors
+from . import errors, failpoints
 
 __all__ = ["Manifest", "SegmentRecord", "EVENT_TYPES"]
 
@@ -104,6 +105,24 @@ _envs: dict[str, tuple[lmdb.Environment, int]] = {}
 _envs_lock = threading.Lock()
 
 
+# A forked child inherits the parent's environments. It must never close
+# one: closing aborts the transactions py-lmdb keeps for reuse, and those
+# hold reader slots of the parent's in the shared lock file. py-lmdb also
+# refuses to open the same files twice in one process, so a new handle in
+# the child shares the inherited environment (new transactions, never the
+# parent's), and it stays open for the child's life.
+_inherited: list[lmdb.Environment] = []
+
+
+def _keep_envs_after_fork() -> None:
+    global _envs_lock
+    _envs_lock = threading.Lock()  # another thread may have held it at fork
+    _inherited.extend(env for env, _ in _envs.values())
+
+
+os.register_at_fork(after_in_child=_keep_envs_after_fork)
+
+
 def _acquire_env(path: str, create: bool) -> lmdb.Environment:
     with _envs_lock:
         entry = _envs.get(path)
@@ -129,11 +148,13 @@ def _acquire_env(path: str, create: bool) -> lmdb.Environment:
         return env
 
 
-def _release_env(path: str) -> None:
+def _release_env(path: str, env: lmdb.Environment) -> None:
     with _envs_lock:
-        env, refs = _envs[path]
-        if refs > 1:
-            _envs[path] = (env, refs - 1)
+        entry = _envs.get(path)
+        if entry is None or entry[0] is not env:
+            return
+        if entry[1] > 1 or any(env is e for e in _inherited):
+            _envs[path] = (env, max(entry[1] - 1, 0))
         else:
             del _envs[path]
             env.close()
@@ -146,35 +167,91 @@ class Manifest:
         self.path = path
         self.env = _acquire_env(path, create)
         self._closed = False
+        # close() waits for transactions under way in other threads: closing
+        # the environment under them would fail them with raw LMDB errors
+        self._users = 0
+        self._idle = threading.Condition(threading.Lock())
         try:
             if create:
-                with self.env.begin(write=True) as txn:
+                with self._write() as txn:
                     self._dbs = {t: self.env.open_db(t.encode(), txn=txn) for t in _TABLES}
             else:
                 # without txn=, py-lmdb opens each handle in a transaction of
                 # its own that it commits, so the handle outlives it
                 self._dbs = {t: self.env.open_db(t.encode(), create=False) for t in _TABLES}
         except lmdb.Error as e:
-            _release_env(path)
+            _release_env(path, self.env)
             raise errors.FormatError(f"{path}: the store's manifest is incomplete or damaged: {e}") from None
 
     def close(self) -> None:
-        """Release this handle's share of the environment."""
-        if not self._closed:
+        """Release this handle's share of the environment, once no
+        transaction of it is under way; later calls raise ClosedError."""
+        with self._idle:
+            if self._closed:
+                return
             self._closed = True
-            _release_env(self.path)
+            while self._users:
+                self._idle.wait()
+        _release_env(self.path, self.env)
+
+    def _enter(self) -> None:
+        with self._idle:
+            if self._closed:
+                raise errors.ClosedError(f"{self.path}: the manifest is closed (its store handle was closed)")
+            self._users += 1
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._users -= 1
+            if not self._users:
+                self._idle.notify_all()
+
+    @contextlib.contextmanager
+    def _read(self, table: str) -> Iterator[lmdb.Transaction]:
+        """A read transaction on one table."""
+        self._enter()
+        try:
+            with self.env.begin(db=self._dbs[table]) as txn:
+                yield txn
+        except lmdb.Error as e:
+            raise errors.StorageError(0, f"reading the manifest at {self.path}: {e}") from None
+        finally:
+            self._leave()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction, committed when the block ends without error.
+        A failed commit leaves the manifest as it was (LMDB commits are
+        atomic) and raises StorageError."""
+        self._enter()
+        try:
+            txn = self.env.begin(write=True)
+            try:
+                yield txn
+                failpoints.io("manifest.commit")
+                txn.commit()
+            except BaseException:
+                txn.abort()
+                raise
+        except (lmdb.Error, OSError) as e:
+            err = getattr(e, "errno", 0) or 0
+            raise errors.StorageError(
+                err, f"committing to the manifest at {self.path}: {e} (check free space and the device)"
+            ) from None
+        finally:
+            self._leave()
 
     # ------------------------------------------------------------- meta
 
     def get_meta(self, name: str) -> str | None:
         """A meta value, or None."""
-        with self.env.begin(db=self._dbs["meta"]) as txn:
+        with self._read("meta") as txn:
             v = txn.get(name.encode())
         return None if v is None else v.decode()
 
     def init_store(self, store_id: int, format_version: int) -> None:
         """Write the meta of a new store."""
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             meta = self._dbs["meta"]
             txn.put(b"store_id", str(store_id).encode(), db=meta)
             txn.put(b"format_version", str(format_version).encode(), db=meta)
@@ -187,7 +264,7 @@ class Manifest:
     def lookup_key(self, name: str) -> tuple[int, int] | None:
         """(key_id, sealed_count) of a key the manifest knows, or None."""
         raw = name.encode()
-        with self.env.begin(db=self._dbs["keys"]) as txn:
+        with self._read("keys") as txn:
             v = txn.get(_name_key(raw))
         if v is None or v[_KEYVAL.size :] != raw:
             return None
@@ -195,13 +272,13 @@ class Manifest:
 
     def key_name(self, key_id: int) -> str | None:
         """The name of key_id, or None."""
-        with self.env.begin(db=self._dbs["key_names"]) as txn:
+        with self._read("key_names") as txn:
             v = txn.get(_U32.pack(key_id))
         return None if v is None else v.decode()
 
     def keys(self) -> dict[str, tuple[int, int]]:
         """Every key with sealed records: name -> (key_id, sealed_count)."""
-        with self.env.begin(db=self._dbs["keys"]) as txn:
+        with self._read("keys") as txn:
             return {v[_KEYVAL.size :].decode(): _KEYVAL.unpack_from(v) for _, v in txn.cursor()}
 
     def next_key_id(self) -> int:
@@ -212,24 +289,24 @@ class Manifest:
 
     def segments(self) -> list[SegmentRecord]:
         """Every segment, by id."""
-        with self.env.begin(db=self._dbs["segments"]) as txn:
+        with self._read("segments") as txn:
             return [SegmentRecord.from_json(v) for _, v in txn.cursor()]
 
     def segment(self, segment_id: int) -> SegmentRecord | None:
         """One segment's record, or None."""
-        with self.env.begin(db=self._dbs["segments"]) as txn:
+        with self._read("segments") as txn:
             v = txn.get(_U64.pack(segment_id))
         return None if v is None else SegmentRecord.from_json(v)
 
     def last_segment(self) -> SegmentRecord | None:
         """The segment with the highest id, or None."""
-        with self.env.begin(db=self._dbs["segments"]) as txn:
+        with self._read("segments") as txn:
             cur = txn.cursor()
             return SegmentRecord.from_json(cur.value()) if cur.last() else None
 
     def segment_after(self, segment_id: int) -> SegmentRecord | None:
         """The first segment with an id above segment_id, or None."""
-        with self.env.begin(db=self._dbs["segments"]) as txn:
+        with self._read("segments") as txn:
             cur = txn.cursor()
             if not cur.set_range(_U64.pack(segment_id + 1)):
                 return None
@@ -238,7 +315,7 @@ class Manifest:
     def segment_for_lsn(self, lsn: int) -> int | None:
         """The sealed segment whose LSN range reaches lsn (the first one
         ending at or after it), or None."""
-        with self.env.begin(db=self._dbs["lsn_segments"]) as txn:
+        with self._read("lsn_segments") as txn:
             cur = txn.cursor()
             if not cur.set_range(_U64.pack(lsn)):
                 return None
@@ -249,7 +326,7 @@ class Manifest:
         first_offset, count)."""
         out = []
         prefix = _U32.pack(key_id)
-        with self.env.begin(db=self._dbs["key_segments"]) as txn:
+        with self._read("key_segments") as txn:
             cur = txn.cursor()
             if cur.set_range(prefix):
                 for k, v in cur:
@@ -262,7 +339,7 @@ class Manifest:
     def find_segment(self, key_id: int, offset: int) -> tuple[int, int, int] | None:
         """(segment_id, first_offset, count) of the sealed segment holding
         (key_id, offset), or None: one range lookup."""
-        with self.env.begin(db=self._dbs["key_segments"]) as txn:
+        with self._read("key_segments") as txn:
             cur = txn.cursor()
             if not cur.set_range(_KEYSEG.pack(key_id, offset)):
                 return None
@@ -274,7 +351,7 @@ class Manifest:
 
     def record_open(self, rec: SegmentRecord, event: str = "SegmentOpened", **fields: Any) -> None:
         """A new active segment."""
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             txn.put(_U64.pack(rec.segment_id), rec.to_json(), db=self._dbs["segments"])
             self._event(txn, event, segment=rec.segment_id, first_lsn=rec.first_lsn, **fields)
 
@@ -289,7 +366,7 @@ class Manifest:
         """A sealed segment, its per-key ranges ((key_id, first_offset,
         count)), the names of keys it introduces and, in the same
         transaction, the segment that replaces it as active."""
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             keys, key_names = self._dbs["keys"], self._dbs["key_names"]
             for key_id, name in names.items():
                 txn.put(_U32.pack(key_id), name.encode(), db=key_names)
@@ -329,7 +406,7 @@ class Manifest:
 
     def forget_segment(self, segment_id: int, reason: str) -> None:
         """Drop an active segment that never reached disk intact."""
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             txn.delete(_U64.pack(segment_id), db=self._dbs["segments"])
             self._event(txn, "SegmentDiscarded", segment=segment_id, reason=reason)
 
@@ -337,7 +414,7 @@ class Manifest:
 
     def log_event(self, event: str, **fields: Any) -> int:
         """Append one event to the ledger; returns its sequence number."""
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             return self._event(txn, event, **fields)
 
     def _event(self, txn, event: str, **fields: Any) -> int:
@@ -352,16 +429,27 @@ class Manifest:
 
     def ledger(self, start: int = 1) -> Iterator[dict[str, Any]]:
         """Ledger events from sequence number start on."""
-        with self.env.begin(db=self._dbs["ledger"]) as txn:
-            cur = txn.cursor()
-            if cur.set_range(_U64.pack(max(start, 0))):
-                for _, v in cur:
-                    yield json.loads(v)
+        seq = max(start, 0)
+        while True:
+            # a page at a time: a transaction never stays open across a
+            # yield, where close() would wait for it
+            with self._read("ledger") as txn:
+                cur = txn.cursor()
+                page = []
+                if cur.set_range(_U64.pack(seq)):
+                    for _, v in cur:
+                        page.append(json.loads(v))
+                        if len(page) == 256:
+                            break
+            yield from page
+            if len(page) < 256:
+                return
+            seq = page[-1]["seq"] + 1
 
     def ledger_seq(self) -> int:
         """The last ledger sequence number (0 when empty): changes on every
         manifest write, so a follower can tell when to reload."""
-        with self.env.begin(db=self._dbs["ledger"]) as txn:
+        with self._read("ledger") as txn:
             cur = txn.cursor()
             return _U64.unpack(cur.key())[0] if cur.last() else 0
 

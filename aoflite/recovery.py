@@ -26,9 +26,9 @@ from collections.abc import Callable
 from . import errors, layout
 from .failpoints import hit
 from .manifest import Manifest, SegmentRecord
-from .segment import Segment, SegmentInfo
+from .segment import Feed, Segment, SegmentInfo
 
-__all__ = ["open_active", "commit_seal", "new_segment"]
+__all__ = ["open_active", "commit_seal", "new_segment", "discard_new_segment"]
 
 
 def _now_ms() -> int:
@@ -97,8 +97,18 @@ def new_segment(root: str, store_id: int, segment_id: int, first_lsn: int, capac
     return seg, SegmentRecord(segment_id, "active", first_lsn, created_ms=info.created_ms)
 
 
-def open_active(root: str, manifest: Manifest, store_id: int, capacity: int) -> tuple[Segment | None, int]:
-    """Reconcile and return (the active segment or None, next LSN)."""
+def discard_new_segment(seg: Segment) -> None:
+    """Remove a segment file new_segment just made, before anything was
+    appended to it (its manifest record could not be written)."""
+    os.unlink(seg.path)
+    layout.fsync_dir(os.path.dirname(seg.path))
+
+
+def open_active(
+    root: str, manifest: Manifest, store_id: int, capacity: int, feed: Feed | None = None
+) -> tuple[Segment | None, int]:
+    """Reconcile and return (the active segment or None, next LSN). feed
+    is the store's: followers learn from it that a recovered tail changed."""
     recs = {r.segment_id: r for r in manifest.segments()}
     files = set(layout.segment_ids(root))
     known_max = max(recs, default=0)
@@ -115,7 +125,7 @@ def open_active(root: str, manifest: Manifest, store_id: int, capacity: int) -> 
                 path=path,
             )
         try:
-            seg, report = Segment.open(path, write=True, capacity=capacity)
+            seg, report = Segment.open(path, write=True, capacity=capacity, feed=feed)
         except (errors.FormatError, errors.CorruptionError) as e:
             if sid in recs:
                 raise

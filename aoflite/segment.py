@@ -22,6 +22,7 @@ from ._native import ffi, lib
 __all__ = [
     "Segment",
     "Writer",
+    "Feed",
     "ScanReport",
     "SegmentInfo",
     "KeyRange",
@@ -101,6 +102,50 @@ def native_failpoint_names() -> list[str]:
     return ffi.string(lib.aof_failpoint_names()).decode().split()
 
 
+def native_pause_names() -> list[str]:
+    """Names of the C points that only race tests pause at."""
+    return ffi.string(lib.aof_pause_names()).decode().split()
+
+
+def native_io_sites() -> list[str]:
+    """Kinds of system call the C engine can be made to fail."""
+    return ffi.string(lib.aof_iofail_names()).decode().split()
+
+
+def arm_native_io(site: str | None, nth: int, times: int, err: int) -> None:
+    """Count C system calls from now on; fail the nth of site (see aoflite.failpoints)."""
+    rc = lib.aof_iofail_arm(site.encode() if site else ffi.NULL, nth, times, err)
+    if rc:
+        _raise(rc, None, "arming an I/O failure")
+
+
+def reset_native_io() -> None:
+    """Stop counting and failing C system calls."""
+    lib.aof_iofail_reset()
+
+
+def native_io_count(site: str) -> int:
+    """How often C reached site since the last arm_native_io."""
+    return int(lib.aof_iofail_count(site.encode()))
+
+
+def arm_native_pause(name: str) -> None:
+    """Block the next thread that reaches the C point name."""
+    rc = lib.aof_pause_arm(name.encode())
+    if rc:
+        _raise(rc, None, f"arming pause point {name}")
+
+
+def wait_native_pause(name: str, timeout: float) -> bool:
+    """True once a thread is blocked at name (within timeout seconds)."""
+    return lib.aof_pause_wait(name.encode(), max(0, int(timeout * 1000))) == 0
+
+
+def release_native_pause(name: str | None) -> None:
+    """Let every thread blocked at name (None: at any point) go on."""
+    lib.aof_pause_release(name.encode() if name else ffi.NULL)
+
+
 def _raise(rc: int, path: str | None = None, what: str = "") -> None:
     """Turn an AOF_E* status into the matching aoflite exception."""
     detail = ffi.new("aof_error *")
@@ -119,6 +164,8 @@ def _raise(rc: int, path: str | None = None, what: str = "") -> None:
         )
     if rc == lib.AOF_EIO:
         raise errors.StorageError(detail.sys_errno, f"{msg} (check free space and the device)")
+    if rc == lib.AOF_EBROKEN:
+        raise errors.StorageError(detail.sys_errno, msg)
     raise _EXCEPTIONS.get(rc, errors.Error)(msg)
 
 
@@ -202,15 +249,40 @@ class _Columns:
         return [flat[c * cap : c * cap + n] for c in range(COLS)]
 
 
+class Feed:
+    """The store's feed file, shared by the writer and its followers (see
+    native/feed.c): the writer moves its change generation around every
+    rewrite of uncommitted bytes, followers check it."""
+
+    __slots__ = ("path", "_ptr")
+
+    def __init__(self, path: str, *, writable: bool):
+        out = ffi.new("aof_feed **")
+        rc = lib.aof_feed_open(_path(path), 1 if writable else 0, out)
+        if rc:
+            _raise(rc, path, "opening the feed")
+        self.path = path
+        self._ptr = ffi.gc(out[0], lib.aof_feed_free)
+
+    def generation(self) -> int:
+        """The change generation: odd while a rewrite is under way."""
+        return int(lib.aof_feed_generation(self._ptr))
+
+
+def _feed_ptr(feed: Feed | None):
+    return feed._ptr if feed is not None else ffi.NULL
+
+
 class Segment:
     """One segment file. Sealed segments are read-only maps; the active one
     is appended to through a Writer; a read-only handle follows an unsealed
     one with refresh()."""
 
-    __slots__ = ("path", "_ptr", "_buf", "_tls", "__weakref__")
+    __slots__ = ("path", "_ptr", "_buf", "_tls", "_feed", "__weakref__")
 
-    def __init__(self, ptr, path: str):
+    def __init__(self, ptr, path: str, feed: Feed | None = None):
         self.path = path
+        self._feed = feed  # the C segment points at it: keep it alive as long
         self._ptr = ffi.gc(ptr, lib.aof_seg_free)
         base = ffi.new("char **")
         size = ffi.new("uint64_t *")
@@ -231,15 +303,18 @@ class Segment:
         return cls(out[0], path)
 
     @classmethod
-    def open(cls, path: str, *, write: bool = False, capacity: int = 0) -> tuple[Segment, ScanReport]:
-        """Open a segment; write=True recovers an unsealed tail for appending."""
+    def open(
+        cls, path: str, *, write: bool = False, capacity: int = 0, feed: Feed | None = None
+    ) -> tuple[Segment, ScanReport]:
+        """Open a segment; write=True recovers an unsealed tail for appending.
+        feed is the store's: a follower checks it, a writer bumps it."""
         out = ffi.new("aof_seg **")
         rep = ffi.new("aof_scan_report *")
         mode = lib.AOF_OPEN_WRITE if write else lib.AOF_OPEN_READ
-        rc = lib.aof_seg_open(_path(path), mode, capacity, out, rep)
+        rc = lib.aof_seg_open(_path(path), mode, capacity, _feed_ptr(feed), out, rep)
         if rc:
             _raise(rc, path, "opening a segment")
-        return cls(out[0], path), _report(rep)
+        return cls(out[0], path, feed), _report(rep)
 
     @staticmethod
     def check_bytes(data: bytes) -> tuple[SegmentInfo, ScanReport]:
@@ -256,6 +331,12 @@ class Segment:
         out = ffi.new("aof_seg_info *")
         lib.aof_seg_info_get(self._ptr, out)
         return _info(out)
+
+    def prefaulted(self) -> int:
+        """Writer: the map is prefaulted up to this byte (a diagnostic)."""
+        out = ffi.new("aof_seg_info *")
+        lib.aof_seg_info_get(self._ptr, out)
+        return int(out.prefaulted)
 
     def refresh(self) -> ScanReport:
         """Follower: take in what the writer committed since the last call."""
@@ -385,13 +466,14 @@ class Writer:
     code, and the caller hands any negative result to ``fail``.
     """
 
-    __slots__ = ("_ptr", "segment", "append_fn", "sync_fn")
+    __slots__ = ("_ptr", "_feed", "segment", "append_fn", "sync_fn")
 
-    def __init__(self, next_lsn: int, max_record_bytes: int, flush_bytes: int):
+    def __init__(self, next_lsn: int, max_record_bytes: int, flush_bytes: int, feed: Feed | None = None):
         out = ffi.new("aof_writer **")
-        rc = lib.aof_writer_new(next_lsn, max_record_bytes, flush_bytes, out)
+        rc = lib.aof_writer_new(next_lsn, max_record_bytes, flush_bytes, _feed_ptr(feed), out)
         if rc:
             _raise(rc, None, "creating the writer")
+        self._feed = feed  # the C writer points at it: keep it alive as long
         self._ptr = ffi.gc(out[0], lib.aof_writer_free)
         self.segment: Segment | None = None
         self.append_fn = functools.partial(lib.aof_writer_append, self._ptr)
@@ -402,6 +484,8 @@ class Writer:
     AOF_ENOKEY = lib.AOF_ENOKEY
     AOF_ECLOSED = lib.AOF_ECLOSED
     AOF_EREADONLY = lib.AOF_EREADONLY
+    AOF_EBROKEN = lib.AOF_EBROKEN
+    AOF_ETIMEDOUT = lib.AOF_ETIMEDOUT
 
     @staticmethod
     def fail(rc: int, what: str) -> None:
@@ -479,8 +563,18 @@ class Writer:
         """Bytes appended but not yet on stable storage."""
         return int(lib.aof_writer_unsynced_bytes(self._ptr))
 
+    def broken_error(self) -> errors.StorageError | None:
+        """The error every call now gets, once the writer is broken."""
+        if not lib.aof_writer_broken(self._ptr):
+            return None
+        try:
+            _raise(lib.AOF_EBROKEN)
+        except errors.StorageError as e:
+            return e
+        return None
+
     def close(self) -> None:
-        """Sync and refuse further appends."""
+        """Sync and refuse further appends (refused even if the sync fails)."""
         rc = lib.aof_writer_close(self._ptr)
         if rc:
             _raise(rc, None, "closing the writer")

@@ -28,13 +28,29 @@ from .failpoints import hit
 from .config import Config
 from .manifest import Manifest
 from .record import Record
-from .segment import MAX_KEY_BYTES, Segment, Writer
+from .segment import MAX_KEY_BYTES, Feed, Segment, Writer
 
 __all__ = ["Store", "open"]
 
 _new_record = tuple.__new__  # tuple.__new__(Record, fields): a Record without a Python frame
 _CHUNK = 512  # records fetched from C per call while scanning
 _first = itemgetter(0)
+_U64_END = 1 << 64  # offsets, LSNs and segment ids are u64 in the format
+
+# Every open handle, so a forked child can disown the ones it inherited.
+_handles: weakref.WeakSet[Store] = weakref.WeakSet()
+# What inherited handles hold (C writer, maps, locks): a child keeps them
+# alive and never runs their finalizers, which would act on the parent's
+# store (syncs, LMDB reader slots) from the wrong process.
+_inherited: list[Any] = []
+
+
+def _disown_after_fork() -> None:
+    for store in list(_handles):
+        store._disown()
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def open(
@@ -107,8 +123,8 @@ def _check_offset(name: str, value: Any, allow_none: bool = False) -> None:
         return
     if type(value) is not int:
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    if not 0 <= value < _U64_END:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
 
 
 def _as_bytes(value: Any, what: str) -> bytes:
@@ -135,6 +151,10 @@ class Store:
         self._tx_owner: int | None = None
         self._kids: dict[str, int] = {}
         self._names = _Names(self)
+        # key id -> sealed ranges from the manifest. Replaced, never cleared,
+        # when the manifest changes: a reader fills the dict it took before
+        # reading the manifest, so a load racing a roll can only land in a
+        # dict that is already discarded
         self._ranges: dict[int, list[tuple[int, int, int]]] = {}
         self._sealed: OrderedDict[int, Segment] = OrderedDict()
         self._live: list[Segment] = []  # unsealed segments read through their in-memory index
@@ -142,12 +162,17 @@ class Store:
         self._lock_fd: int | None = None
         self._flusher: threading.Thread | None = None
         self._flush_error: BaseException | None = None
-        self._broken: BaseException | None = None
+        # why every call is refused (a failed sync, a manifest that fell
+        # behind, a fork): a function making the exception to raise
+        self._refusal: Any = None
+        self._feed: Feed | None = None
         self._full = config.durability.mode == "full"
         self._max_record = config.segment.max_record_bytes
         self._manifest_seq = -1
         self._newest = 0  # follower: newest segment id seen
         self._seen_kids: set[int] = set()
+        self._owner_pid = os.getpid()
+        self._forked = False
 
         state = layout.inspect_path(self.path)
         if state == "missing" and readonly:
@@ -177,14 +202,19 @@ class Store:
             self._release()
             raise
         self._finalizer = weakref.finalize(self, Store._finalize, self._writer, self._flusher)
+        _handles.add(self)
 
     # ----------------------------------------------------------- opening
 
     def _open_writer(self) -> None:
         cfg = self.config
-        active, next_lsn = recovery.open_active(self.path, self._manifest, self._store_id, cfg.segment.segment_bytes)
+        # before recovery: its truncation rewrites bytes followers may hold
+        self._feed = Feed(layout.feed_path(self.path), writable=True)
+        active, next_lsn = recovery.open_active(
+            self.path, self._manifest, self._store_id, cfg.segment.segment_bytes, self._feed
+        )
         hit("open.after_recovery")
-        w = Writer(next_lsn, cfg.segment.max_record_bytes, cfg.durability.flush_bytes)
+        w = Writer(next_lsn, cfg.segment.max_record_bytes, cfg.durability.flush_bytes, self._feed)
         self._next_kid = self._manifest.next_key_id()
         if active is not None:
             for r in active.keys():
@@ -217,6 +247,7 @@ class Store:
         self._append_fn = _no_writer
         self._sync_fn = _no_writer
         self._refresh_lock = threading.Lock()
+        self._open_feed()
         last = self._manifest.last_segment()
         self._newest = 0
         if last is not None:
@@ -225,16 +256,25 @@ class Store:
                 self._follow(last.segment_id)
         self._refresh()
 
+    def _open_feed(self) -> None:
+        """Follower: map the feed once it exists (a writer creates it)."""
+        try:
+            self._feed = Feed(layout.feed_path(self.path), writable=False)
+        except (errors.NotFound, errors.FormatError):
+            self._feed = None  # no writer ever ran here: nothing can rewrite a segment
+
     def _refresh(self) -> None:
         """Follower: take in what the writer committed, rolled and sealed.
         Costs a manifest read and a stat when nothing changed."""
         if self._writer is not None:
             return
         with self._refresh_lock:
+            if self._feed is None:
+                self._open_feed()
             seq = self._manifest.ledger_seq()
             if seq != self._manifest_seq:
                 self._manifest_seq = seq
-                self._ranges.clear()
+                self._ranges = {}
                 # segments the manifest now lists as sealed are read through it
                 self._live = [s for s in self._live if not self._manifest_sealed(s)]
             for seg in self._live:
@@ -255,7 +295,7 @@ class Store:
         it is not readable yet (being created)."""
         path = layout.segment_path(self.path, segment_id)
         try:
-            seg, _ = Segment.open(path)
+            seg, _ = Segment.open(path, feed=self._feed)
         except (errors.NotFound, errors.FormatError, errors.CorruptionError):
             return False  # being created, or discarded by the writer's recovery
         info = seg.info()
@@ -271,20 +311,50 @@ class Store:
         seg, rec = recovery.new_segment(
             self.path, self._store_id, last + 1, w.next_lsn(), self.config.segment.segment_bytes
         )
-        self._manifest.record_open(rec)
+        try:
+            self._manifest.record_open(rec)
+        except errors.Error:
+            # nothing can be in it yet: the next try creates it again
+            recovery.discard_new_segment(seg)
+            raise
+        self._live = [seg]  # readers look in it before appends can land there
         w.attach(seg)
-        self._live = [seg]
 
     # ---------------------------------------------------------- checks
 
     def _check_open(self) -> None:
         if self._closed:
             raise errors.ClosedError(f"{self.path}: store is closed")
-        if self._broken is not None:
-            raise errors.Error(
-                f"{self.path}: the manifest could not record a sealed segment ({self._broken}); "
-                "close and reopen the store to reconcile it"
-            ) from self._broken
+        if self._refusal is not None:
+            raise self._refusal()
+
+    def _refuse(self, make: Any) -> None:
+        """From now on every call raises make() (the writer cannot go on)."""
+        if self._refusal is None:
+            self._refusal = make
+        self._append_fn = _refused
+        self._sync_fn = _refused
+
+    def _writer_failed(self, e: BaseException) -> None:
+        """After a writer call raised e: if a failed sync broke the writer,
+        the handle refuses every call from now on, reads included, so no
+        caller goes on as if nothing happened."""
+        w = self._writer
+        broken = w.broken_error() if w is not None else None
+        if broken is not None:
+            self._refuse(lambda: errors.StorageError(broken.errno, f"{self.path}: {broken.strerror}"))
+
+    def _disown(self) -> None:
+        """In a forked child: this handle belongs to the parent."""
+        _inherited.append((self._writer, self._feed, self._live, self._sealed, self._manifest, self._lock_fd))
+        self._finalizer.detach()
+        self._forked = True
+        self._refuse(
+            lambda: errors.Error(
+                f"{self.path}: this handle was opened by process {self._owner_pid} and cannot be used in a "
+                "forked child (open a new handle in the child)"
+            )
+        )
 
     def _check_writable(self) -> Writer:
         self._check_open()
@@ -308,9 +378,13 @@ class Store:
                 if self._full and self._tx_owner != threading.get_ident():
                     self._sync_or_raise()
                 return off
+            return self._append_slow(key, value, timestamp_ms, off)
         return self._append_slow(key, value, timestamp_ms)
 
-    def _append_slow(self, key: Any, value: Any, timestamp_ms: Any) -> int:
+    def _append_slow(self, key: Any, value: Any, timestamp_ms: Any, rc: int = 0) -> int:
+        """Appends the fast path could not: new keys, rolls, bad input, and
+        the status rc a fast-path call already got (never tried twice: a
+        failed call may have failed a transaction)."""
         w = self._check_writable()
         _check_key(key)
         value = _as_bytes(value, "value")
@@ -320,6 +394,8 @@ class Store:
                 f"value of {len(value)} bytes for key {key!r} is above max_record_bytes={self._max_record} "
                 "(raise max_record_bytes or split the value)"
             )
+        if rc:
+            self._handle_append_status(w, rc, key)
         while True:
             kid = self._kid_for_append(key)
             off = self._append_fn(kid, value, len(value), ts)
@@ -339,7 +415,16 @@ class Store:
                 if w.segment is None:
                     self._open_next_segment()
         elif rc != Writer.AOF_ENOKEY:
-            Writer.fail(rc, f"appending to key {key!r} in {self.path}")
+            self._check_open()  # a refused handle says why
+            self._fail(rc, f"appending to key {key!r} in {self.path}")
+
+    def _fail(self, rc: int, what: str) -> None:
+        """Raise for a negative writer status, noting a broken writer."""
+        try:
+            Writer.fail(rc, what)
+        except errors.StorageError as e:
+            self._writer_failed(e)
+            raise
 
     def _check_timestamp(self, ts: Any) -> int:
         if ts is None:
@@ -420,7 +505,12 @@ class Store:
     def transaction(self) -> Iterator[None]:
         """All records appended inside (by this thread) survive a crash
         together or not at all; an exception rolls them back. Other threads'
-        appends wait until the transaction ends. Not nestable."""
+        appends wait until the transaction ends. Not nestable.
+
+        An append that fails inside (a full disk, an I/O error) fails the
+        transaction even if the caller catches its error: later appends in
+        it raise TransactionError, and the block's end rolls everything
+        back and raises the first failure. Nothing outside is touched."""
         w = self._check_writable()
         me = threading.get_ident()
         if self._tx_owner == me:
@@ -434,35 +524,52 @@ class Store:
                 if rc == 0:
                     break
                 if rc != Writer.AOF_EFULL:
-                    Writer.fail(rc, f"beginning a transaction in {self.path}")
+                    self._fail(rc, f"beginning a transaction in {self.path}")
                 self._roll(w.segment)
             self._tx_owner = me
             try:
                 yield
             except BaseException:
                 self._tx_owner = None
-                w.end(False)
+                try:
+                    w.end(False)
+                except errors.Error as e:
+                    # the body's exception is the one to raise; a rollback
+                    # that could not sync its zeros refuses later calls
+                    self._writer_failed(e)
                 raise
             self._tx_owner = None
-            w.end(True)
+            try:
+                w.end(True)
+            except errors.StorageError as e:
+                self._writer_failed(e)
+                raise
             if self._full:
                 self._sync_or_raise()
 
     def _sync_or_raise(self) -> int:
         rc = self._sync_fn()
         if rc:
-            Writer.fail(rc, f"syncing {self.path}")
+            self._check_open()  # a refused handle says why
+            self._fail(rc, f"syncing {self.path}")
         return rc
 
     def commit(self) -> int:
-        """Durable barrier: everything appended before the call is on stable
-        storage when it returns. Returns the last durable LSN. A sync the
-        background flusher could not finish is retried here; if it fails
-        again, StorageError says why."""
+        """Durable barrier: everything appended before the call (another
+        thread's open transaction aside) is on stable storage when it
+        returns. Returns the last durable LSN.
+
+        A failed sync, here or in the background flusher, raises
+        StorageError and stops the handle: after one, the kernel may have
+        dropped pages it could not write, so no later sync could vouch for
+        them. Every later call raises; close and reopen the store, and
+        recovery keeps every batch that reached the disk."""
         w = self._check_writable()
-        lsn = w.sync()
-        self._flush_error = None
-        return lsn
+        try:
+            return w.sync()
+        except errors.StorageError as e:
+            self._writer_failed(e)
+            raise
 
     def seal(self) -> int | None:
         """Seal the active segment now (it also happens at segment_bytes) and
@@ -487,12 +594,19 @@ class Store:
             seg = w.segment
             if seg is None or seg is not full:
                 return None  # another thread rolled it already
-            w.detach()
+            try:
+                w.detach()
+            except errors.StorageError as e:
+                self._writer_failed(e)
+                raise
             hit("roll.before_seal")
             try:
                 info = seg.seal()
-            except BaseException:
-                w.attach(seg)
+            except BaseException as e:
+                try:
+                    w.attach(seg)  # refused once the seal got past writing its index
+                except (errors.Error, ValueError):
+                    self._refuse_behind(e)
                 raise
             hit("roll.after_seal")
             try:
@@ -504,19 +618,28 @@ class Store:
                     self._manifest, seg, info, self._names.get, self._next_kid, opened=opened
                 )
             except BaseException as e:
-                # The files are right but the manifest is behind: reopening
-                # reconciles them; this handle cannot serve reads correctly.
-                self._broken = e
+                self._refuse_behind(e)
                 raise
             hit("roll.after_manifest")
-            for kid, first, count in ranges:
-                cached = self._ranges.get(kid)
-                if cached is not None:
-                    cached.append((first + count - 1, info.segment_id, first))
+            # Publish in the order readers look: the sealed segment where
+            # the new ranges send them, then fresh ranges, then the new
+            # live list, and only then let appends land in the new segment.
             self._cache_segment(info.segment_id, seg)
-            w.attach(new)
+            self._ranges = {}
             self._live = [new]
+            w.attach(new)
             return info.segment_id
+
+    def _refuse_behind(self, e: BaseException) -> None:
+        """A roll failed between sealing and the manifest commit: the files
+        are right but the manifest is behind, so reads could miss records.
+        Reopening reconciles them."""
+        self._refuse(
+            lambda: errors.Error(
+                f"{self.path}: a segment roll failed midway ({e}); close and reopen the store to reconcile "
+                "the manifest with the files (nothing acknowledged is lost)"
+            )
+        )
 
     # ---------------------------------------------------------- reading
 
@@ -549,16 +672,17 @@ class Store:
         with self._seg_lock:
             self._sealed[segment_id] = seg
             while len(self._sealed) > self.config.read.open_segments:
-                self._sealed.popitem(last=False)
+                self._sealed.popitem(last=False)  # the least recently used
 
     def _segment(self, segment_id: int) -> Segment:
-        """A sealed segment, mapped (from the cache when it is there)."""
+        """A segment the manifest says is sealed, mapped (from the cache
+        when it is there). Never a follower's live copy of it: that one
+        may not have taken in the segment's last records yet."""
         seg = self._sealed.get(segment_id)
         if seg is not None:
+            with contextlib.suppress(KeyError):  # evicted meanwhile: still good to use
+                self._sealed.move_to_end(segment_id)
             return seg
-        for live in self._live:
-            if live.info().segment_id == segment_id:
-                return live
         seg = self._open_sealed(segment_id)
         self._cache_segment(segment_id, seg)
         return seg
@@ -624,10 +748,12 @@ class Store:
         return len(recs)
 
     def _key_ranges(self, kid: int) -> list[tuple[int, int, int]]:
-        ranges = self._ranges.get(kid)
+        cache = self._ranges  # before the manifest read: see __init__
+        ranges = cache.get(kid)
         if ranges is None:
             ranges = [(last, seg, first) for last, seg, first, _ in self._manifest.key_ranges(kid)]
-            self._ranges[kid] = ranges
+            hit("ranges.after_load")
+            cache[kid] = ranges
         return ranges
 
     def _find(self, kid: int, offset: int) -> Segment | None:
@@ -647,7 +773,7 @@ class Store:
 
     def read(self, key: str, offset: int) -> Record:
         """The record at (key, offset); NotFound if there is none."""
-        if self._closed:
+        if self._closed or self._refusal is not None:
             self._check_open()
         try:
             kid = self._kids.get(key)
@@ -655,7 +781,7 @@ class Store:
             kid = None
         if kid is None:
             kid = self._kid(key)
-        if kid is not None and type(offset) is int and offset >= 0:
+        if kid is not None and type(offset) is int and 0 <= offset < _U64_END:
             got = self._read(kid, offset)
             if got is None and self._writer is None:
                 self._refresh()
@@ -748,16 +874,38 @@ class Store:
         sid = self._manifest.segment_for_lsn(lsn)
         seg = self._segment(sid) if sid is not None else (self._live[0] if self._live else None)
         names = self._names
+        pos = 0
+        settled = retried = False
         while seg is not None:
-            pos = 0
-            while True:
-                self._check_open()
-                pos, kids, offs, lsns, tss, vals = seg.scan(pos, lsn, _CHUNK)
-                if not kids:
-                    break
+            self._check_open()
+            pos, kids, offs, lsns, tss, vals = seg.scan(pos, lsn, _CHUNK)
+            if kids:
                 yield from map(_new_record, repeat(Record), zip(map(names.__getitem__, kids), offs, lsns, tss, vals))
                 lsn = lsns[-1] + 1
-            seg = self._segment_after(seg.info().segment_id)
+                retried = False
+                continue
+            hit("scan_all.segment_end")
+            if settled:
+                # settled before the scan that just came back empty: every
+                # record the segment will ever hold has been yielded
+                seg = self._segment_after(seg.info().segment_id)
+                pos, settled = 0, False
+            elif retried:
+                return  # nothing more for now
+            else:
+                # the segment may have grown or been sealed since the scan
+                # began: scan it once more before moving on or stopping
+                settled, retried = self._settled(seg), True
+
+    def _settled(self, seg: Segment) -> bool:
+        """True when seg holds every record it ever will (it is sealed and
+        this handle has taken in its last records)."""
+        if seg.info().sealed:
+            return True
+        # a follower's live copy (a writer's unsealed segment is the active
+        # one): the refresh says whether the file was sealed before it
+        # began, and then it took in the last records
+        return self._writer is None and seg.refresh().reason == "sealed"
 
     def _segment_after(self, segment_id: int) -> Segment | None:
         """The segment following segment_id: the manifest's next one, or a
@@ -833,8 +981,15 @@ class Store:
     # ---------------------------------------------------------- closing
 
     def close(self) -> None:
-        """Make everything appended durable and release the store. Idempotent."""
+        """Make everything appended durable and release the store. Idempotent.
+
+        If the final sync fails, StorageError says so, and the store is
+        released all the same: the writer refuses every append from then
+        on, so the next handle to open it (which recovers) is the only one."""
         if self._closed:
+            return
+        if self._forked:
+            self._closed = True  # the parent's store: nothing here is ours to sync or release
             return
         if self._tx_owner == threading.get_ident():
             raise errors.TransactionError("cannot close inside a transaction (finish it first)")
@@ -844,7 +999,11 @@ class Store:
             try:
                 if self._writer is not None:
                     hit("close.before_sync")
-                    self._writer.close()
+                    try:
+                        self._writer.close()
+                    except errors.StorageError:
+                        if self._refusal is None:  # news to the caller
+                            raise
                     hit("close.after_sync")
             finally:
                 self._closed = True
@@ -885,11 +1044,16 @@ def _no_writer(*args: Any) -> int:
     return Writer.AOF_EREADONLY
 
 
+def _refused(*args: Any) -> int:
+    # the hot path's calls on a refused handle: the slow path raises why
+    return Writer.AOF_ECLOSED
+
+
 def _flush_loop(w: Writer, interval_ms: int, store_ref: weakref.ref) -> None:
     """Background flusher for durability="normal"."""
     while True:
         rc = w.wait_dirty(interval_ms)
-        if rc == Writer.AOF_ECLOSED:
+        if rc in (Writer.AOF_ECLOSED, Writer.AOF_EBROKEN):
             return
         if rc == 0:
             hit("flush.before_sync")
@@ -899,4 +1063,7 @@ def _flush_loop(w: Writer, interval_ms: int, store_ref: weakref.ref) -> None:
                 store = store_ref()
                 if store is not None:
                     store._flush_error = e
+                    store._writer_failed(e)
+                if w.broken_error() is not None:
+                    return  # a failed sync stopped the writer: nothing more to flush
                 time.sleep(interval_ms / 1000)

@@ -47,7 +47,7 @@ INPUT_TIMEOUT_S = 10
 # failing inputs are copied here: pytest's own temporary directories rotate
 ARTIFACTS = Path(os.environ.get("AOFLITE_FUZZ_ARTIFACTS", Path(tempfile.gettempdir()) / "aoflite-fuzz-artifacts"))
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
-ENGINE_SOURCES = ["crc32c.c", "failpoint.c", "segment.c", "writer.c"]
+ENGINE_SOURCES = ["crc32c.c", "failpoint.c", "feed.c", "segment.c", "writer.c"]
 
 
 def _gcc(args: list[str], cwd: Path) -> None:

@@ -324,7 +324,7 @@ def test_vanishing_files(tmp_path, logged):
     stray = tmp_path / "s" / "segments" / "stray"
     stray.write_bytes(b"never synced")
     tally = build_image(db.path, logged, str(tmp_path / "img"), _Always(True))
-    assert tally.get("vanished") == 2  # the stray file and LOCK
+    assert tally.get("vanished") == 3  # the stray file, LOCK and the feed (shared memory, never synced)
     assert not (tmp_path / "img" / "segments" / "stray").exists()
     assert (tmp_path / "img" / "aoflite.store").exists()
     assert len(list((tmp_path / "img" / "segments").iterdir())) == 1

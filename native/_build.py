@@ -11,7 +11,7 @@ import pathlib
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["crc32c.c", "failpoint.c", "segment.c", "writer.c"]
+SOURCES = ["crc32c.c", "failpoint.c", "feed.c", "segment.c", "writer.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "aoflite_cdef.h").read_text())

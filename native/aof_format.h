@@ -96,6 +96,20 @@
  * fit a Python bytes object without surprises on any platform. */
 #define AOF_MAX_RECORD_BYTES 0x7fffffffu
 
+/* The feed file (PATH/feed.shm): shared memory between the writer and
+ * followers, not durable (nothing in it matters after a reboot).
+ *
+ *   feed (64) := magic[8] version:u32 reserved:u32 change_gen:u64 reserved[40]
+ *
+ * The file is AOF_FEED_FILE_BYTES long so later fields fit without a move. */
+#define AOF_FEED_MAGIC "AOFLFEED"
+#define AOF_FEED_VERSION 1u
+#define AOF_FEED_BYTES 64u /* 8 + 4 + 4 + 8 + 40 */
+#define AOF_FEED_FILE_BYTES 4096u
+#define AOF_FD_MAGIC 0
+#define AOF_FD_VERSION 8
+#define AOF_FD_CHANGE_GEN 16
+
 static inline uint32_t aof_crc_mask(uint32_t crc) {
     return ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
 }

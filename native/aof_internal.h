@@ -60,6 +60,9 @@ struct aof_seg {
     uint64_t filled;        /* follower: bytes copied into base */
     uint64_t pending;       /* data records past committed_end */
 
+    aof_feed *feed;  /* change generation: bumped around rewrites (writer), checked (follower) */
+    int seal_broken; /* a seal failed after writing its index: never append again */
+
     /* transaction visibility (set by the writer) */
     int tx_active;
     pthread_t tx_owner;
@@ -103,10 +106,38 @@ static inline void st64(unsigned char *p, uint64_t v) {
 
 extern int aof_fp_armed;
 void aof_fp_hit(const char *name);
+/* A crash point (listed in failpoint.c) that a test may also pause at. */
 #define AOF_FAILPOINT(name)                 \
     do {                                    \
         if (aof_fp_armed) aof_fp_hit(name); \
     } while (0)
+/* A point only tests that replay a race pause at (never a crash). */
+#define AOF_PAUSE(name) AOF_FAILPOINT(name)
+
+/* Kinds of system call a test can make fail (aof_iofail_arm); names in failpoint.c. */
+enum aof_io_site {
+    AOF_IO_PWRITE,
+    AOF_IO_FALLOCATE,
+    AOF_IO_FTRUNCATE,
+    AOF_IO_MSYNC,
+    AOF_IO_FDATASYNC,
+    AOF_IO_DIRSYNC,
+    AOF_IO_MMAP,
+    AOF_IO_PREAD,
+    AOF_IO_NSITES
+};
+/* Counts a call of kind site; returns the errno it must fail with (errno
+ * is set too), or 0 to make the call. */
+int aof_io_hit(int site);
+#define AOF_IOFAIL(site) (aof_fp_armed && aof_io_hit(site))
+
+/* The shared change generation (feed.c): odd while the writer rewrites
+ * bytes past a segment's committed end (a rollback, the cleanup of a failed
+ * batch, recovery's truncation), bumped again when done. A follower that
+ * sees it move while it copies the uncommitted region starts that region
+ * over, so it never stitches bytes from before and after such a rewrite. */
+void aof_feed_change(aof_feed *f, int begin);
+uint64_t aof_feed_gen(const aof_feed *f);
 
 int aof_fail(int code, int sys_errno, uint64_t pos, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

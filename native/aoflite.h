@@ -33,6 +33,7 @@
 #define AOF_ETXN (-14)      /* transaction misuse (nested, not owner, none open) */
 #define AOF_ETIMEDOUT (-15)
 #define AOF_EREADONLY (-16) /* no writer (read-only handle) */
+#define AOF_EBROKEN (-17)   /* a sync failed earlier: the writer refuses every call (reopen the store) */
 
 /* Why a scan of records stopped (aof_scan_report.reason). */
 #define AOF_STOP_END 0        /* zero-filled space or end of data: a clean end */
@@ -77,6 +78,7 @@ typedef struct aof_seg_info {
     uint64_t last_lsn;        /* 0 when the segment holds no data record */
     uint64_t key_count;
     uint32_t file_crc;        /* sealed only: masked CRC32C of everything before the footer */
+    uint64_t prefaulted;      /* writer: the map is prefaulted up to here */
 } aof_seg_info;
 
 /* Reads return records as columns, so Python can turn a whole batch into
@@ -100,6 +102,7 @@ typedef struct aof_key_range {
 
 typedef struct aof_seg aof_seg;
 typedef struct aof_writer aof_writer;
+typedef struct aof_feed aof_feed;
 
 /* --- errors and checksums --- */
 const char *aof_strerror(int code);
@@ -122,6 +125,32 @@ void aof_failpoint_arm(const char *name, int skip, int action);
 const char *aof_failpoint_names(void);
 /* Power-loss tests: log every completed sync to path (NULL stops). */
 int aof_synclog_open(const char *path);
+/* I/O-error tests: from now on count every system call of each kind
+ * (names: aof_iofail_names, separated by spaces), and make the nth call
+ * of kind name (1-based, counted from this call) and the times-1 after it
+ * (times < 0: every one after it) fail with errno err instead of running.
+ * name NULL or "" only counts. */
+int aof_iofail_arm(const char *name, long nth, long times, int err);
+void aof_iofail_reset(void);
+unsigned long aof_iofail_count(const char *name);
+const char *aof_iofail_names(void);
+/* Race tests: a thread reaching the named point (any failpoint name, or a
+ * pause-only point listed by aof_pause_names) blocks until released.
+ * aof_pause_wait returns AOF_OK once some thread is blocked there, else
+ * AOF_ETIMEDOUT; release NULL releases every point. */
+int aof_pause_arm(const char *name);
+int aof_pause_wait(const char *name, int timeout_ms);
+void aof_pause_release(const char *name);
+const char *aof_pause_names(void);
+
+/* --- the feed: a small file shared by the writer and followers --- */
+/* Map the store's feed file, creating it when missing; writable is the
+ * writer (it owns the change generation). AOF_ENOTFOUND when it is missing
+ * and cannot be created (a follower without write access). */
+int aof_feed_open(const char *path, int writable, aof_feed **out);
+void aof_feed_free(aof_feed *f);
+/* The change generation (see aof_internal.h), for tests. */
+uint64_t aof_feed_generation(aof_feed *f);
 
 /* --- segments --- */
 /* Create a new segment file (fails if it exists), preallocated to capacity
@@ -130,8 +159,10 @@ int aof_seg_create(const char *path, uint64_t store_id, uint64_t segment_id,
                    uint64_t first_lsn, uint64_t capacity, aof_seg **out);
 /* Open an existing segment. AOF_OPEN_WRITE recovers an unsealed tail (the
  * report says what was dropped) and truncates it to the last complete batch;
- * a sealed segment always opens read-only. */
-int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
+ * a sealed segment always opens read-only. feed (may be NULL) is the
+ * store's: a writer bumps its generation around the truncation, a follower
+ * checks it on every refresh; it must outlive the segment. */
+int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_feed *feed, aof_seg **out,
                  aof_scan_report *report);
 /* Validate a whole segment held in memory (no file): parse, scan, check the
  * index when sealed. For fuzzing and for verifying downloaded copies. */
@@ -140,7 +171,9 @@ int aof_seg_check_buffer(const char *buf, size_t len, aof_seg_info *info,
 void aof_seg_free(aof_seg *seg);
 int aof_seg_info_get(aof_seg *seg, aof_seg_info *out);
 /* Follower: read what the writer appended since the last refresh. Returns
- * AOF_OK with report->reason == AOF_STOP_SEALED once the writer sealed it. */
+ * AOF_OK with report->reason == AOF_STOP_SEALED when the file was sealed
+ * before this refresh began: the segment then holds every record it ever
+ * will, all of them taken in. */
 int aof_seg_refresh(aof_seg *seg, aof_scan_report *report);
 /* Write the index and footer, sync, and trim the file to its exact size. */
 int aof_seg_seal(aof_seg *seg);
@@ -164,8 +197,10 @@ int aof_seg_scan(aof_seg *seg, uint64_t *pos, uint64_t min_lsn, uint64_t *out, s
 int aof_seg_memory(aof_seg *seg, const char **base, uint64_t *len);
 
 /* --- the writer --- */
+/* feed (may be NULL; must outlive the writer) gets a generation bump around
+ * every rewrite of uncommitted bytes. */
 int aof_writer_new(uint64_t next_lsn, uint64_t max_record_bytes, uint64_t flush_bytes,
-                   aof_writer **out);
+                   aof_feed *feed, aof_writer **out);
 void aof_writer_free(aof_writer *w);
 /* Register a key: its name (written into each segment it is used in) and the
  * offset its next record gets. */
@@ -187,12 +222,19 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
 /* Transactions: records appended by the owning thread between begin and end
  * form one batch; other threads' appends wait until end. A transaction
  * grows the active segment rather than roll it; begin returns AOF_EFULL
- * when the segment is already past capacity (roll, then begin again). */
+ * when the segment is already past capacity (roll, then begin again).
+ * An append that fails inside a transaction fails the transaction: later
+ * appends in it return AOF_ETXN, and end rolls everything back and returns
+ * the first failure's code (its text says so) even when asked to commit.
+ * A rollback zeroes the transaction's bytes and syncs the zeros, so they
+ * cannot come back after a power loss. */
 int aof_writer_begin(aof_writer *w);
 int aof_writer_end(aof_writer *w, int commit);
-/* Make every record appended so far durable; concurrent callers share one
- * sync (group commit). *durable_lsn gets the last LSN of a complete batch now
- * on stable storage (may be NULL). */
+/* Make every record the caller can see durable (another thread's open
+ * transaction is not waited for); concurrent callers share one sync (group
+ * commit). *durable_lsn gets the last LSN of a complete batch now on stable
+ * storage (may be NULL). A failed sync leaves the page cache's state
+ * unknowable, so it breaks the writer: every later call returns AOF_EBROKEN. */
 int aof_writer_sync(aof_writer *w, uint64_t *durable_lsn);
 /* For the background flusher: returns AOF_OK when flush_bytes are waiting
  * or something is unsynced after timeout_ms, AOF_ETIMEDOUT when nothing is
@@ -207,7 +249,12 @@ int aof_writer_next_offset(aof_writer *w, uint32_t key_id, uint64_t *next);
 uint64_t aof_writer_next_lsn(aof_writer *w);
 uint64_t aof_writer_unsynced_bytes(aof_writer *w);
 /* Sync and refuse further appends; the segment stays attached (and mapped)
- * until the writer is freed. */
+ * until the writer is freed. The writer refuses appends afterwards even
+ * when the sync fails (the error is returned), so a failed close never
+ * leaves a live writer behind. */
 int aof_writer_close(aof_writer *w);
+/* 1 once a failed sync broke the writer (every call returns AOF_EBROKEN);
+ * the first failure's text goes to aof_last_error. */
+int aof_writer_broken(aof_writer *w);
 
 #endif

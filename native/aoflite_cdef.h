@@ -18,6 +18,7 @@
 #define AOF_ETXN ...
 #define AOF_ETIMEDOUT ...
 #define AOF_EREADONLY ...
+#define AOF_EBROKEN ...
 #define AOF_STOP_END ...
 #define AOF_STOP_TORN ...
 #define AOF_STOP_CHECKSUM ...
@@ -53,6 +54,7 @@ typedef struct aof_seg_info {
     uint64_t last_lsn;
     uint64_t key_count;
     uint32_t file_crc;
+    uint64_t prefaulted;
 } aof_seg_info;
 #define AOF_COLS ...
 #define AOF_COL_OFFSET ...
@@ -68,6 +70,7 @@ typedef struct aof_key_range {
 } aof_key_range;
 typedef struct aof_seg aof_seg;
 typedef struct aof_writer aof_writer;
+typedef struct aof_feed aof_feed;
 const char *aof_strerror(int code);
 void aof_last_error(aof_error *out);
 uint32_t aof_crc32c(uint32_t crc, const void *data, size_t len);
@@ -77,9 +80,20 @@ void aof_crc32c_force_software(int force_software);
 void aof_failpoint_arm(const char *name, int skip, int action);
 const char *aof_failpoint_names(void);
 int aof_synclog_open(const char *path);
+int aof_iofail_arm(const char *name, long nth, long times, int err);
+void aof_iofail_reset(void);
+unsigned long aof_iofail_count(const char *name);
+const char *aof_iofail_names(void);
+int aof_pause_arm(const char *name);
+int aof_pause_wait(const char *name, int timeout_ms);
+void aof_pause_release(const char *name);
+const char *aof_pause_names(void);
+int aof_feed_open(const char *path, int writable, aof_feed **out);
+void aof_feed_free(aof_feed *f);
+uint64_t aof_feed_generation(aof_feed *f);
 int aof_seg_create(const char *path, uint64_t store_id, uint64_t segment_id,
                    uint64_t first_lsn, uint64_t capacity, aof_seg **out);
-int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
+int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_feed *feed, aof_seg **out,
                  aof_scan_report *report);
 int aof_seg_check_buffer(const char *buf, size_t len, aof_seg_info *info,
                          aof_scan_report *report);
@@ -97,7 +111,7 @@ int aof_seg_scan(aof_seg *seg, uint64_t *pos, uint64_t min_lsn, uint64_t *out, s
                  size_t *n);
 int aof_seg_memory(aof_seg *seg, const char **base, uint64_t *len);
 int aof_writer_new(uint64_t next_lsn, uint64_t max_record_bytes, uint64_t flush_bytes,
-                   aof_writer **out);
+                   aof_feed *feed, aof_writer **out);
 void aof_writer_free(aof_writer *w);
 int aof_writer_set_key(aof_writer *w, uint32_t key_id, const char *name, size_t name_len,
                        uint64_t next_offset);
@@ -116,6 +130,7 @@ int aof_writer_next_offset(aof_writer *w, uint32_t key_id, uint64_t *next);
 uint64_t aof_writer_next_lsn(aof_writer *w);
 uint64_t aof_writer_unsynced_bytes(aof_writer *w);
 int aof_writer_close(aof_writer *w);
+int aof_writer_broken(aof_writer *w);
 #define AOF_FORMAT_VERSION ...
 #define AOF_HEADER_BYTES ...
 #define AOF_RECORD_HEADER_BYTES ...

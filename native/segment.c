@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,7 @@ const char *aof_strerror(int code) {
     case AOF_ETXN: return "transaction misuse";
     case AOF_ETIMEDOUT: return "timed out";
     case AOF_EREADONLY: return "read-only";
+    case AOF_EBROKEN: return "writer stopped after a failed sync (reopen the store)";
     default: return "unknown error";
     }
 }
@@ -205,6 +207,7 @@ int aof_seg_pwrite(aof_seg *s, const struct iovec *iov, int iovcnt, uint64_t pos
     size_t want = 0;
     for (int i = 0; i < iovcnt; i++) want += iov[i].iov_len;
     ssize_t n;
+    if (AOF_IOFAIL(AOF_IO_PWRITE)) return sys_fail(s, "writing", pos);
     do n = pwritev(s->fd, iov, iovcnt, (off_t)pos);
     while (n < 0 && errno == EINTR);
     if (n < 0) return sys_fail(s, "writing", pos);
@@ -470,7 +473,8 @@ static int sys_fail(const aof_seg *s, const char *what, uint64_t pos) {
 }
 
 static int preallocate(aof_seg *s, uint64_t from, uint64_t to) {
-    int rc = posix_fallocate(s->fd, (off_t)from, (off_t)(to - from));
+    int rc = AOF_IOFAIL(AOF_IO_FALLOCATE) ? errno
+                                          : posix_fallocate(s->fd, (off_t)from, (off_t)(to - from));
     if (rc == EOPNOTSUPP || rc == EINVAL) rc = ftruncate(s->fd, (off_t)to) ? errno : 0;
     if (rc) {
         errno = rc;
@@ -507,7 +511,7 @@ static void synclog(char kind, const char *path, uint64_t a, uint64_t b) {
 }
 
 static int file_sync(aof_seg *s, uint64_t pos) {
-    if (fdatasync(s->fd)) return sys_fail(s, "syncing", pos);
+    if (AOF_IOFAIL(AOF_IO_FDATASYNC) || fdatasync(s->fd)) return sys_fail(s, "syncing", pos);
     if (synclog_fd >= 0) {
         struct stat st;
         if (!fstat(s->fd, &st)) synclog('F', s->path, (uint64_t)st.st_size, 0);
@@ -520,7 +524,7 @@ static int sync_dir(const char *path) {
     if (!copy) return aof_fail(AOF_ENOMEM, ENOMEM, 0, "out of memory");
     int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     int rc = AOF_OK;
-    if (fd < 0 || fsync(fd)) {
+    if (fd < 0 || AOF_IOFAIL(AOF_IO_DIRSYNC) || fsync(fd)) {
         int e = errno;
         rc = aof_fail(AOF_EIO, e, 0, "syncing the directory of %s: %s", path, strerror(e));
     } else {
@@ -532,8 +536,9 @@ static int sync_dir(const char *path) {
 }
 
 static int map_writable(aof_seg *s) {
-    void *p = mmap(NULL, AOF_RESERVE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-                   s->fd, 0);
+    void *p = AOF_IOFAIL(AOF_IO_MMAP) ? MAP_FAILED
+                                      : mmap(NULL, AOF_RESERVE_BYTES, PROT_READ | PROT_WRITE,
+                                             MAP_SHARED | MAP_NORESERVE, s->fd, 0);
     if (p == MAP_FAILED) return sys_fail(s, "mapping", 0);
     s->base = p;
     s->map_len = AOF_RESERVE_BYTES;
@@ -585,7 +590,9 @@ static int follow_read(aof_seg *s, uint64_t size) {
         return aof_fail(AOF_ETOOBIG, 0, size, "%s: segment larger than the follow reserve",
                         s->path);
     while (s->filled < size) {
-        ssize_t n = pread(s->fd, s->base + s->filled, (size_t)(size - s->filled), (off_t)s->filled);
+        ssize_t n = AOF_IOFAIL(AOF_IO_PREAD)
+                        ? -1
+                        : pread(s->fd, s->base + s->filled, (size_t)(size - s->filled), (off_t)s->filled);
         if (n < 0) {
             if (errno == EINTR) continue;
             return sys_fail(s, "reading", s->filled);
@@ -601,6 +608,15 @@ static int follow_read(aof_seg *s, uint64_t size) {
  * read in steps and stop once a step ends the scan before its end. */
 #define AOF_FOLLOW_STEP (1ull << 20)
 
+/* How often a refresh starts the uncommitted region over because the
+ * writer rewrote it meanwhile, before it gives up until the next refresh. */
+#define AOF_FOLLOW_RETRIES 64
+
+/* Every byte past committed_end that the scan may accept must have been
+ * copied while the feed's change generation stood still: a rollback or a
+ * failed batch's cleanup rewrites that region in place, and bytes copied
+ * before it and after it could otherwise stitch into a batch that never
+ * existed (a rolled-back record under a later batch's end). */
 static int follow_scan(aof_seg *s, aof_scan_report *rep) {
     struct stat st;
     if (fstat(s->fd, &st)) return sys_fail(s, "stat", 0);
@@ -608,32 +624,67 @@ static int follow_scan(aof_seg *s, aof_scan_report *rep) {
     /* re-read everything past the last complete batch: the writer may have
      * finished what we saw half-written */
     if (s->filled > s->committed_end) s->filled = s->committed_end;
+    uint64_t gen = aof_feed_gen(s->feed);
+    int retries = 0;
     for (;;) {
+        if (gen & 1) {
+            /* a rewrite is under way: wait it out briefly, then settle for
+             * what is committed */
+            if (++retries > AOF_FOLLOW_RETRIES) break;
+            sched_yield();
+            gen = aof_feed_gen(s->feed);
+            continue;
+        }
         uint64_t want = s->filled + AOF_FOLLOW_STEP;
         int rc = follow_read(s, want < size ? want : size);
-        if (!rc) rc = scan_records(s, s->filled, rep);
         if (rc) return rc;
+        AOF_PAUSE("follow.after_read");
+        uint64_t now = aof_feed_gen(s->feed);
+        if (now != gen) {
+            s->filled = s->committed_end;
+            gen = now;
+            if (++retries > AOF_FOLLOW_RETRIES) break;
+            continue;
+        }
+        if ((rc = scan_records(s, s->filled, rep))) return rc;
         /* read on only while the scan ran into the end of what we copied */
         if (s->filled >= size) break;
         if (rep->reason != AOF_STOP_TORN && rep->stop_pos + AOF_RECORD_HEADER_BYTES <= s->filled)
             break;
     }
+    if (retries > AOF_FOLLOW_RETRIES) {
+        /* nothing past committed_end was accepted this time */
+        memset(rep, 0, sizeof *rep);
+        rep->valid_end = rep->stop_pos = s->committed_end;
+        rep->reason = AOF_STOP_END;
+    }
     return AOF_OK;
 }
 
-/* A sealed file may be sealed under a follower: check the footer on disk. */
-static int sealed_on_disk(aof_seg *s) {
+/* A file may be sealed under a follower: sets *size to the size of the
+ * file when its last bytes are a sound footer (a sealed file never changes
+ * again, so that size is final), else to 0. The size is the one the footer
+ * was read at: a size taken earlier may be the preallocated one, and
+ * mapping that much of a file the seal shrank faults on access. A read
+ * that fails is an error, never "not sealed". */
+static int sealed_on_disk(aof_seg *s, uint64_t *size) {
     struct stat st;
     unsigned char f[AOF_FOOTER_BYTES];
-    if (fstat(s->fd, &st) || (uint64_t)st.st_size < AOF_HEADER_BYTES + AOF_FOOTER_BYTES) return 0;
-    if (pread(s->fd, f, sizeof f, st.st_size - (off_t)sizeof f) != (ssize_t)sizeof f) return 0;
-    return memcmp(f + AOF_F_MAGIC, AOF_FOOTER_MAGIC, 8) == 0 &&
-           aof_crc_unmask(ld32(f + AOF_F_CRC)) == aof_crc32c(0, f, AOF_F_CRC) &&
-           (ld32(f + AOF_F_FLAGS) & AOF_FOOTER_SEALED);
+    *size = 0;
+    if (fstat(s->fd, &st)) return sys_fail(s, "stat", 0);
+    if ((uint64_t)st.st_size < AOF_HEADER_BYTES + AOF_FOOTER_BYTES) return AOF_OK;
+    off_t at = st.st_size - (off_t)sizeof f;
+    ssize_t n = AOF_IOFAIL(AOF_IO_PREAD) ? -1 : pread(s->fd, f, sizeof f, at);
+    if (n < 0) return sys_fail(s, "reading", (uint64_t)at);
+    if (n == (ssize_t)sizeof f && memcmp(f + AOF_F_MAGIC, AOF_FOOTER_MAGIC, 8) == 0 &&
+        aof_crc_unmask(ld32(f + AOF_F_CRC)) == aof_crc32c(0, f, AOF_F_CRC) &&
+        (ld32(f + AOF_F_FLAGS) & AOF_FOOTER_SEALED))
+        *size = (uint64_t)st.st_size;
+    return AOF_OK;
 }
 
 static int map_file(aof_seg *s, uint64_t size) {
-    void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, s->fd, 0);
+    void *p = AOF_IOFAIL(AOF_IO_MMAP) ? MAP_FAILED : mmap(NULL, size, PROT_READ, MAP_SHARED, s->fd, 0);
     if (p == MAP_FAILED) return sys_fail(s, "mapping", 0);
     s->base = p;
     s->map_len = size;
@@ -656,9 +707,15 @@ static int open_for_write(aof_seg *s, uint64_t size, uint64_t capacity, aof_scan
      * bytes and stale pages alike; preallocating again gives zeros. */
     if (capacity < s->committed_end) capacity = s->committed_end;
     s->capacity = capacity;
-    if (ftruncate(s->fd, (off_t)s->committed_end)) return sys_fail(s, "truncating", s->committed_end);
+    /* what followers copied past the last batch is about to become zeros
+     * and then new batches at the same positions */
+    aof_feed_change(s->feed, 1);
+    if (AOF_IOFAIL(AOF_IO_FTRUNCATE) || ftruncate(s->fd, (off_t)s->committed_end))
+        return sys_fail(s, "truncating", s->committed_end);
     AOF_FAILPOINT("recover.truncated");
-    if ((rc = preallocate(s, 0, capacity)) || (rc = map_writable(s))) return rc;
+    rc = preallocate(s, 0, capacity);
+    aof_feed_change(s->feed, 0);
+    if (rc || (rc = map_writable(s))) return rc;
     s->file_bytes = capacity;
     /* prefault only from here on: populating the recovered records
      * would dirty them and write them all again */
@@ -682,7 +739,7 @@ static int open_to_follow(aof_seg *s, aof_scan_report *report) {
     return follow_scan(s, report);
 }
 
-int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
+int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_feed *feed, aof_seg **out,
                  aof_scan_report *report) {
     aof_scan_report scratch;
     if (!report) report = &scratch;
@@ -704,17 +761,20 @@ int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_seg **out,
         goto fail;
     }
     uint64_t size = (uint64_t)st.st_size;
-    s->file_bytes = size;
+    AOF_PAUSE("seg_open.after_stat");
     s->mode = mode;
     s->capacity = capacity;
+    s->feed = feed;
     /* Only a writer (which holds the store's lock) or a sealed file (which
      * never changes again) may be mapped: a map of a file another process
      * shrinks faults on access. */
-    if (mode == AOF_OPEN_READ && !sealed_on_disk(s)) {
+    if (mode == AOF_OPEN_READ && (rc = sealed_on_disk(s, &size))) goto fail;
+    if (mode == AOF_OPEN_READ && !size) {
         if ((rc = open_to_follow(s, report))) goto fail;
         *out = s;
         return AOF_OK;
     }
+    s->file_bytes = size;
     if (size > 0 && (rc = map_file(s, size))) goto fail;
     if ((rc = parse_header(s, size))) goto fail;
     if (parse_footer(s, size)) {
@@ -750,9 +810,12 @@ int aof_seg_refresh(aof_seg *s, aof_scan_report *report) {
         return AOF_OK;
     }
     pthread_mutex_lock(&s->mu);
-    uint64_t before = s->committed_end;
-    int rc = follow_scan(s, report);
-    if (!rc && s->committed_end == before && sealed_on_disk(s)) report->reason = AOF_STOP_SEALED;
+    /* sealed before the scan began, the scan saw the final records: only
+     * then may a caller move on to the next segment without missing any */
+    uint64_t sealed;
+    int rc = sealed_on_disk(s, &sealed);
+    if (!rc) rc = follow_scan(s, report);
+    if (!rc && sealed) report->reason = AOF_STOP_SEALED;
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -799,6 +862,7 @@ int aof_seg_info_get(aof_seg *s, aof_seg_info *out) {
     if (!s->sealed)
         for (uint32_t i = 0; i < s->nkeys; i++) out->key_count += s->keys[i].def_pos != 0;
     out->file_crc = s->file_crc;
+    out->prefaulted = s->populated;
     pthread_mutex_unlock(&s->mu);
     return AOF_OK;
 }
@@ -1019,7 +1083,8 @@ int aof_seg_sync_range(aof_seg *s, uint64_t from, uint64_t to) {
     if (to <= from) return AOF_OK;
     long page = sysconf(_SC_PAGESIZE);
     uint64_t start = from & ~((uint64_t)page - 1);
-    if (msync(s->base + start, (size_t)(to - start), MS_SYNC)) return sys_fail(s, "syncing", from);
+    if (AOF_IOFAIL(AOF_IO_MSYNC) || msync(s->base + start, (size_t)(to - start), MS_SYNC))
+        return sys_fail(s, "syncing", from);
     synclog('R', s->path, start, to);
     return AOF_OK;
 }
@@ -1119,11 +1184,14 @@ int aof_seg_seal(aof_seg *s) {
     memcpy(f + AOF_F_MAGIC, AOF_FOOTER_MAGIC, 8);
     st32(f + AOF_F_CRC, aof_crc_mask(aof_crc32c(0, f, AOF_F_CRC)));
     AOF_FAILPOINT("seal.index_written");
+    /* from here a failure leaves the file sealed or not, durably or not:
+     * nobody may append to it again, and reopening the store decides */
+    s->seal_broken = 1;
     /* index and footer reach the disk before the file shrinks to its sealed
      * size, so a crash leaves either the unsealed file or the sealed one */
     if ((rc = aof_seg_sync_range(s, ipos, total))) goto out;
     AOF_FAILPOINT("seal.synced");
-    if (ftruncate(s->fd, (off_t)total)) {
+    if (AOF_IOFAIL(AOF_IO_FTRUNCATE) || ftruncate(s->fd, (off_t)total)) {
         rc = sys_fail(s, "truncating", total);
         goto out;
     }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "aof_internal.h"
 
@@ -44,7 +45,52 @@ struct aof_writer {
     int waiters;
     int closed;
     unsigned char *stage; /* records of a large batch, built here and written with pwrite */
+    aof_feed *feed;       /* change generation, bumped around rewrites of uncommitted bytes */
+    /* failures: a failed sync breaks the writer for good (the kernel may
+     * have dropped the pages it could not write, so no later sync can be
+     * trusted to cover them); a failed append fails only its transaction */
+    int broken;
+    aof_error broken_err;
+    int tx_failed;
+    aof_error tx_err;
 };
+
+/* Remembers the failure in last_err (a failed sync) as the reason the
+ * writer refuses everything from now on. Caller holds mu. */
+static int set_broken(aof_writer *w, int rc) {
+    if (!w->broken) {
+        aof_last_error(&w->broken_err);
+        w->broken = 1;
+        pthread_cond_broadcast(&w->tx_cv);
+        pthread_cond_broadcast(&w->sync_cv);
+        pthread_cond_broadcast(&w->dirty_cv);
+        pthread_cond_broadcast(&w->commit_cv);
+    }
+    return rc;
+}
+
+static int broken_fail(aof_writer *w) {
+    return aof_fail(AOF_EBROKEN, w->broken_err.sys_errno, w->broken_err.pos,
+                    "the writer stopped after a failed sync (%s): close the store and open it "
+                    "again (recovery keeps every batch that reached the disk)",
+                    w->broken_err.msg);
+}
+
+/* Zeroes [from, to) of the active segment, bytes past its committed end,
+ * and syncs the zeros: kernel writeback may already have put the old
+ * bytes on disk, and the next batch reuses their positions, LSNs and
+ * offsets, so after a power loss a page of them could otherwise pass for
+ * part of that batch. Followers see the change generation move. */
+static int zero_uncommitted(aof_writer *w, aof_seg *s, uint64_t from, uint64_t to) {
+    if (to <= from) return AOF_OK;
+    aof_feed_change(w->feed, 1);
+    memset(s->base + from, 0, to - from);
+    aof_feed_change(w->feed, 0);
+    if (w->broken) return AOF_OK; /* nothing is written again through this writer */
+    int rc = aof_seg_sync_range(s, from, to);
+    if (w->dur_pos > from) w->dur_pos = from;
+    return rc ? set_broken(w, rc) : AOF_OK;
+}
 
 /* A batch this large is built in a staging buffer and written with pwrite
  * rather than copied into the map: the kernel then fills page-cache pages
@@ -55,7 +101,7 @@ struct aof_writer {
 #define AOF_STAGE_BYTES (1u << 20)
 
 int aof_writer_new(uint64_t next_lsn, uint64_t max_record_bytes, uint64_t flush_bytes,
-                   aof_writer **out) {
+                   aof_feed *feed, aof_writer **out) {
     if (!out || next_lsn == 0 || max_record_bytes == 0 || max_record_bytes > AOF_MAX_RECORD_BYTES)
         return aof_fail(AOF_EINVAL, 0, 0, "aof_writer_new: bad argument");
     aof_writer *w = calloc(1, sizeof *w);
@@ -73,6 +119,7 @@ int aof_writer_new(uint64_t next_lsn, uint64_t max_record_bytes, uint64_t flush_
     w->committed_lsn = w->durable_lsn = next_lsn - 1;
     w->max_record = max_record_bytes;
     w->flush_bytes = flush_bytes ? flush_bytes : 1;
+    w->feed = feed;
     *out = w;
     return AOF_OK;
 }
@@ -123,9 +170,14 @@ int aof_writer_set_key(aof_writer *w, uint32_t key_id, const char *name, size_t 
 int aof_writer_attach(aof_writer *w, aof_seg *seg) {
     if (!seg || seg->mode != AOF_OPEN_WRITE || seg->sealed)
         return aof_fail(AOF_EINVAL, 0, 0, "attach: segment is not open for writing");
+    if (seg->seal_broken)
+        return aof_fail(AOF_EINVAL, 0, 0,
+                        "attach: %s: a seal of it failed midway, so nothing may be appended to it "
+                        "(reopen the store)", seg->path);
     pthread_mutex_lock(&w->mu);
     int rc = AOF_OK;
-    if (w->closed) rc = aof_fail(AOF_ECLOSED, 0, 0, "attach: writer is closed");
+    if (w->broken) rc = broken_fail(w);
+    else if (w->closed) rc = aof_fail(AOF_ECLOSED, 0, 0, "attach: writer is closed");
     else if (w->seg) rc = aof_fail(AOF_EINVAL, 0, 0, "attach: a segment is already active");
     else if (seg->write_pos == AOF_HEADER_BYTES && seg->first_lsn != w->next_lsn)
         rc = aof_fail(AOF_EINVAL, 0, 0, "attach: empty segment starts at LSN %llu, writer at %llu",
@@ -148,11 +200,22 @@ int aof_writer_attach(aof_writer *w, aof_seg *seg) {
  * active segment, or an error with mu released. */
 static int enter(aof_writer *w) {
     pthread_mutex_lock(&w->mu);
-    while (w->tx_active && !pthread_equal(w->tx_owner, pthread_self()) && !w->closed)
+    while (w->tx_active && !pthread_equal(w->tx_owner, pthread_self()) && !w->closed && !w->broken)
         pthread_cond_wait(&w->tx_cv, &w->mu);
+    if (w->broken) {
+        int rc = broken_fail(w);
+        pthread_mutex_unlock(&w->mu);
+        return rc;
+    }
     if (w->closed) {
         pthread_mutex_unlock(&w->mu);
         return aof_fail(AOF_ECLOSED, 0, 0, "writer is closed");
+    }
+    if (w->tx_active && w->tx_failed) {
+        pthread_mutex_unlock(&w->mu);
+        return aof_fail(AOF_ETXN, w->tx_err.sys_errno, w->tx_err.pos,
+                        "the transaction already failed (%s); it rolls back when it ends",
+                        w->tx_err.msg);
     }
     if (!w->seg) {
         pthread_mutex_unlock(&w->mu);
@@ -287,11 +350,15 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
     sink out = {s, NULL, 0, 0};
     if (need >= AOF_PWRITE_MIN && !w->stage) w->stage = malloc(AOF_STAGE_BYTES);
     if (need >= AOF_PWRITE_MIN && w->stage) out.stage = w->stage;
-    aof_keyidx *k = NULL;
-    if ((rc = room(w, s, need, !out.stage)) || (rc = define_in_segment(w, s, key_id, &k))) goto out;
-    int64_t ts = timestamp_ms < 0 ? aof_now_ms() : timestamp_ms;
+    /* what this call changes, so a failure midway can put all of it back */
+    uint64_t start_pos = s->write_pos, start_lsn = w->next_lsn, start_undo = s->nundo;
     wkey *wk = &w->keys[key_id];
-    uint64_t first = wk->next_offset, pos = s->write_pos, def_end = s->write_pos;
+    uint64_t first = wk->next_offset, pos = start_pos;
+    aof_keyidx *k = NULL;
+    if ((rc = room(w, s, need, !out.stage))) goto out;
+    if ((rc = define_in_segment(w, s, key_id, &k))) goto undo;
+    pos = s->write_pos;
+    int64_t ts = timestamp_ms < 0 ? aof_now_ms() : timestamp_ms;
     const char *p = buf;
     for (size_t i = 0; i < n; i++) {
         uint16_t flags = (i + 1 == n && !w->tx_active) ? AOF_FLAG_BATCH_END : 0;
@@ -316,23 +383,39 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
     }
     if (!rc) rc = sink_flush(&out);
     s->write_pos = pos;
-    if (rc) {
-        /* a failed write or allocation midway: undo what this call wrote
-         * outside a transaction (inside one, the caller rolls it back) */
-        if (!w->tx_active) {
-            uint64_t done = wk->next_offset - first;
-            k->count -= k->count < done ? k->count : done;
-            wk->next_offset = first;
-            w->next_lsn -= done;
-            if (k->def_pos >= s->committed_end && k->def_pos < def_end) k->def_pos = 0;
-            memset(s->base + s->committed_end, 0, s->write_pos - s->committed_end);
-            s->write_pos = s->committed_end;
-        }
-        goto out;
+    if (out.stage && pos > s->populated) {
+        /* pwrite filled these pages: prefaulting them again later would
+         * cost a fault per page for nothing */
+        s->populated = pos & ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
     }
+    if (rc) goto undo;
     if (w->tx_active) s->pending += n;
     else batch_done(w, s, n);
     maybe_signal_flush(w, s);
+    goto out;
+undo:
+    /* a failed write or allocation midway: take back everything this call
+     * did, so the store is as before it; inside a transaction the failure
+     * also dooms the transaction, which rolls back when it ends */
+    if (k) {
+        uint64_t done = wk->next_offset - first;
+        k->count -= k->count < done ? k->count : done;
+        if (k->def_pos >= start_pos) k->def_pos = 0;
+    }
+    s->nundo = start_undo;
+    wk->next_offset = first;
+    w->next_lsn = start_lsn;
+    if (w->tx_active && !w->tx_failed) {
+        aof_last_error(&w->tx_err);
+        w->tx_failed = 1;
+    }
+    {
+        aof_error why;
+        aof_last_error(&why);
+        zero_uncommitted(w, s, start_pos, pos);
+        s->write_pos = start_pos;
+        aof_fail(why.code, why.sys_errno, why.pos, "%s", why.msg);
+    }
 out:
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&w->mu);
@@ -362,6 +445,7 @@ int aof_writer_begin(aof_writer *w) {
     }
     pthread_mutex_lock(&s->mu);
     w->tx_active = s->tx_active = 1;
+    w->tx_failed = 0;
     w->tx_owner = s->tx_owner = pthread_self();
     w->tx_start_pos = s->write_pos;
     w->tx_start_lsn = w->next_lsn;
@@ -385,7 +469,13 @@ int aof_writer_end(aof_writer *w, int commit) {
     aof_seg *s = w->seg;
     int rc = AOF_OK;
     pthread_mutex_lock(&s->mu);
-    if (commit && s->write_pos > w->tx_start_pos) {
+    if (commit && w->tx_failed) {
+        rc = aof_fail(w->tx_err.code, w->tx_err.sys_errno, w->tx_err.pos,
+                      "the transaction was rolled back, because an append inside it failed: %s",
+                      w->tx_err.msg);
+    } else if (commit && w->broken) {
+        rc = broken_fail(w);
+    } else if (commit && s->write_pos > w->tx_start_pos) {
         /* the commit record is what makes the whole run one batch */
         AOF_FAILPOINT("tx.before_commit_record");
         if (!(rc = room(w, s, AOF_RECORD_HEADER_BYTES, 1))) {
@@ -397,8 +487,8 @@ int aof_writer_end(aof_writer *w, int commit) {
         }
     }
     if (!commit || rc) {
-        /* roll back: forget the index entries, zero the bytes, and if a
-         * flush already put some of them on disk, put the zeros there too */
+        /* roll back: forget the index entries, zero the bytes and sync the
+         * zeros (a flush may have put the bytes on disk) */
         while (w->syncing) {
             pthread_mutex_unlock(&s->mu);
             pthread_cond_wait(&w->sync_cv, &w->mu);
@@ -406,26 +496,45 @@ int aof_writer_end(aof_writer *w, int commit) {
         }
         aof_idx_undo(s, undo_offset, w);
         uint64_t from = w->tx_start_pos, to = s->write_pos;
-        memset(s->base + from, 0, to - from);
-        int zrc = w->dur_pos > from ? aof_seg_sync_range(s, from, to) : AOF_OK;
-        if (w->dur_pos > from) w->dur_pos = from;
+        aof_error why;
+        aof_last_error(&why);
+        int zrc = zero_uncommitted(w, s, from, to);
         s->write_pos = s->committed_end = from;
         w->next_lsn = s->next_lsn = w->tx_start_lsn;
-        if (!rc) rc = zrc;
+        if (rc) aof_fail(why.code, why.sys_errno, why.pos, "%s", why.msg);
+        else rc = zrc;
     }
     w->tx_active = s->tx_active = 0;
+    w->tx_failed = 0;
     pthread_mutex_unlock(&s->mu);
     pthread_cond_broadcast(&w->tx_cv);
     pthread_mutex_unlock(&w->mu);
     return rc;
 }
 
+/* Bytes the calling thread's sync must cover: another thread's open
+ * transaction is not its business, and a rollback may take it back (a
+ * target that included it could never be reached). */
+static uint64_t sync_target(aof_writer *w) {
+    aof_seg *s = w->seg;
+    if (!s) return 0;
+    return w->tx_active && pthread_equal(w->tx_owner, pthread_self()) ? s->write_pos
+                                                                         : s->committed_end;
+}
+
 int aof_writer_sync(aof_writer *w, uint64_t *durable_lsn) {
     if (!w) return aof_fail(AOF_EREADONLY, 0, 0, "no writer");
     pthread_mutex_lock(&w->mu);
-    uint64_t epoch = w->epoch, target = w->seg ? w->seg->write_pos : 0;
+    uint64_t epoch = w->epoch, target = sync_target(w);
     int rc = AOF_OK;
-    while (w->seg && w->epoch == epoch && w->dur_pos < target) {
+    if (aof_fp_armed) {
+        pthread_mutex_unlock(&w->mu);
+        AOF_PAUSE("sync.after_target");
+        pthread_mutex_lock(&w->mu);
+    }
+    /* the loop ends: the write position never drops below target (only
+     * this thread's own transaction can go back past a committed end) */
+    while (!w->broken && w->seg && w->epoch == epoch && w->dur_pos < target) {
         if (w->syncing) {
             pthread_cond_wait(&w->sync_cv, &w->mu);
             continue;
@@ -445,9 +554,13 @@ int aof_writer_sync(aof_writer *w, uint64_t *durable_lsn) {
             w->dirty_signaled = 0;
         }
         pthread_cond_broadcast(&w->sync_cv);
-        if (rc) break;
+        if (rc) {
+            set_broken(w, rc);
+            break;
+        }
     }
-    if (!rc && (!w->seg || w->dur_pos >= w->seg->write_pos)) w->durable_lsn = w->committed_lsn;
+    if (!rc && w->broken) rc = broken_fail(w);
+    if (!rc && (!w->seg || w->dur_pos >= w->seg->committed_end)) w->durable_lsn = w->committed_lsn;
     if (durable_lsn) *durable_lsn = w->durable_lsn;
     pthread_mutex_unlock(&w->mu);
     return rc;
@@ -459,11 +572,18 @@ int aof_writer_detach(aof_writer *w) {
     aof_seg *s = w->seg;
     int rc = AOF_OK;
     if (!s) goto out;
+    if (w->broken) {
+        rc = broken_fail(w);
+        goto out;
+    }
     if (w->tx_active) {
         rc = aof_fail(AOF_ETXN, 0, 0, "cannot roll the segment inside a transaction");
         goto out;
     }
-    if ((rc = aof_seg_sync_range(s, w->dur_pos, s->write_pos))) goto out;
+    if ((rc = aof_seg_sync_range(s, w->dur_pos, s->write_pos))) {
+        set_broken(w, rc);
+        goto out;
+    }
     w->seg = NULL;
     w->epoch++;
     w->dur_pos = 0;
@@ -494,9 +614,9 @@ int aof_writer_wait_dirty(aof_writer *w, int timeout_ms) {
     deadline_after(&dl, timeout_ms < 0 ? 0 : timeout_ms);
     pthread_mutex_lock(&w->mu);
     int timed_out = 0;
-    while (!w->closed && !timed_out && unsynced(w) < w->flush_bytes)
+    while (!w->closed && !w->broken && !timed_out && unsynced(w) < w->flush_bytes)
         timed_out = pthread_cond_timedwait(&w->dirty_cv, &w->mu, &dl) == ETIMEDOUT;
-    int rc = w->closed ? AOF_ECLOSED : unsynced(w) ? AOF_OK : AOF_ETIMEDOUT;
+    int rc = w->closed ? AOF_ECLOSED : w->broken ? AOF_EBROKEN : unsynced(w) ? AOF_OK : AOF_ETIMEDOUT;
     pthread_mutex_unlock(&w->mu);
     return rc;
 }
@@ -557,15 +677,27 @@ int aof_writer_close(aof_writer *w) {
         pthread_mutex_unlock(&w->mu);
         return aof_fail(AOF_ETXN, 0, 0, "cannot close inside a transaction");
     }
-    if (w->seg && !w->closed) rc = aof_seg_sync_range(w->seg, w->dur_pos, w->seg->write_pos);
+    if (w->broken) rc = broken_fail(w);
+    else if (w->seg && !w->closed) rc = aof_seg_sync_range(w->seg, w->dur_pos, w->seg->write_pos);
+    if (rc && !w->broken) set_broken(w, rc);
     if (!rc) {
-        w->closed = 1;
         if (w->seg) w->dur_pos = w->seg->write_pos;
         w->durable_lsn = w->committed_lsn;
     }
+    /* closed even when the sync failed: the caller releases the store's
+     * lock next, and no writer may outlive it */
+    w->closed = 1;
     pthread_cond_broadcast(&w->tx_cv);
     pthread_cond_broadcast(&w->dirty_cv);
     pthread_cond_broadcast(&w->commit_cv);
     pthread_mutex_unlock(&w->mu);
     return rc;
+}
+
+int aof_writer_broken(aof_writer *w) {
+    pthread_mutex_lock(&w->mu);
+    int broken = w->broken;
+    if (broken) broken_fail(w);
+    pthread_mutex_unlock(&w->mu);
+    return broken;
 }

@@ -33,7 +33,7 @@ libfuzzer() {
     local out
     out=$(mktemp -d /tmp/aoflite-libfuzzer.XXXXXX)
     clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Inative \
-        native/crc32c.c native/failpoint.c native/segment.c native/writer.c \
+        native/crc32c.c native/failpoint.c native/feed.c native/segment.c native/writer.c \
         fuzz/native/fuzz_segment.c -lpthread -o "$out/fuzz_segment"
     mkdir "$out/corpus"
     echo "tools/fuzz.sh: libFuzzer for ${AOFLITE_LIBFUZZER_SECONDS:-1800} s; inputs and any crash go to $out"

@@ -187,7 +187,7 @@ static void append_and_seal(aof_seg *s) {
     char name[AOF_MAX_KEY_BYTES];
     if (!nkeys || !next_lsn || aof_seg_key_name(s, key.key_id, name, sizeof name, &n)) return;
     aof_writer *w;
-    CHECK(aof_writer_new(next_lsn, 1 << 16, 1 << 20, &w) == AOF_OK);
+    CHECK(aof_writer_new(next_lsn, 1 << 16, 1 << 20, NULL, &w) == AOF_OK);
     CHECK(aof_writer_set_key(w, key.key_id, name, n, key.first_offset + key.count) == AOF_OK);
     CHECK(aof_writer_attach(w, s) == AOF_OK);
     uint64_t lens[2] = {3, 0};
@@ -239,7 +239,7 @@ static void check_image(const unsigned char *b, size_t len) {
     /* reading first: opening for writing recovers (rewrites) the file */
     for (int mode = AOF_OPEN_READ; mode <= AOF_OPEN_WRITE; mode++) {
         aof_seg *s;
-        rc = aof_seg_open(path, mode, len + 4096, &s, &rep);
+        rc = aof_seg_open(path, mode, len + 4096, NULL, &s, &rep);
         CHECK(known_status(rc));
         if (rc) continue;
         aof_seg_info got;
