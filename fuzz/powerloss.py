@@ -11,8 +11,15 @@ directory:
   appends later overwrite without that fsync covering them;
 - every other stretch of a file, page by page (PAGE), is independently kept,
   dropped (the old bytes: zeros inside the durable size, nothing past it),
-  torn (kept up to a sector boundary (SECTOR), dropped after), zeroed, or
-  filled with garbage, as a Chooser decides;
+  torn (kept up to a sector boundary (SECTOR), dropped after), zeroed,
+  filled with garbage, or reverted to a version it had earlier, as a Chooser
+  decides;
+- versions come from Snapshots: a harness driving the workload in-process
+  takes one after each step, and a ``V`` line orders it against the syncs.
+  Writeback may have put on disk any version a page had since the last
+  sync that covered it, so an unsynced stretch may revert to its contents
+  at any snapshot, and a synced stretch that changed since holds what the
+  sync wrote or its contents at a later snapshot (or now), never less;
 - other files (the store marker, written through a temporary name) are
   durable whole once fsynced; a file whose creation no fsync of the file nor
   of its directory made durable may vanish;
@@ -25,11 +32,14 @@ so a cut taken while the store is open and writing is a valid crash.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import random
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from aoflite import layout
@@ -43,6 +53,7 @@ __all__ = [
     "Chooser",
     "PlanChooser",
     "RandomChooser",
+    "Snapshots",
     "build_image",
     "crash_and_check",
     "crash_file",
@@ -55,7 +66,7 @@ __all__ = [
 
 PAGE = 4096
 SECTOR = 512
-ACTIONS = ("keep", "drop", "torn", "zero", "garbage")
+ACTIONS = ("keep", "drop", "torn", "zero", "garbage", "revert")
 
 T = TypeVar("T")
 
@@ -133,16 +144,20 @@ class FileLog:
 
     def __init__(self, first_line: int):
         self.first_line = first_line
-        self.ranges: list[tuple[int, int]] = []
+        self.ranges: list[tuple[int, int, int]] = []  # (from, to, line) of each R
+        self.fsyncs: list[tuple[int, int]] = []  # (size, line) of each F
         self.size: int | None = None  # from the last F line
+
+    def syncs(self, is_segment: bool) -> Iterator[tuple[int, int, int]]:
+        """(from, to, line) of each sync, for the bytes it made durable."""
+        for size, line in self.fsyncs:
+            yield 0, min(size, _segment.HEADER_BYTES) if is_segment else size, line
+        yield from self.ranges
 
     def durable(self, is_segment: bool) -> list[tuple[int, int]]:
         """Merged byte ranges known durable."""
-        ranges = list(self.ranges)
-        if self.size is not None:
-            ranges.append((0, min(self.size, _segment.HEADER_BYTES) if is_segment else self.size))
         merged: list[tuple[int, int]] = []
-        for a, b in sorted(ranges):
+        for a, b, _ in sorted(self.syncs(is_segment)):
             if merged and a <= merged[-1][1]:
                 merged[-1] = (merged[-1][0], max(merged[-1][1], b))
             elif b > a:
@@ -154,18 +169,22 @@ class FileLog:
 _RENAMED = {layout.MARKER + ".tmp": layout.MARKER}
 
 
-def read_sync_log(log_path: str, root: str) -> tuple[dict[str, FileLog], dict[str, int]]:
+def read_sync_log(log_path: str, root: str) -> tuple[dict[str, FileLog], dict[str, int], dict[int, int]]:
     """Parse the log for files under root: (path -> FileLog, directory ->
-    line of its last D)."""
+    line of its last D, snapshot id -> line of its V)."""
     root = os.path.abspath(root)
     files: dict[str, FileLog] = {}
     dirs: dict[str, int] = {}
+    marks: dict[int, int] = {}
     with open(log_path) as f:
         lines = f.read().splitlines()
     for n, line in enumerate(lines):
         kind, _, rest = line.partition(" ")
         if kind == "D":
             dirs[os.path.abspath(rest)] = n
+            continue
+        if kind == "V":
+            marks[int(rest)] = n
             continue
         if kind == "R":
             path, a, b = rest.rsplit(" ", 2)
@@ -180,10 +199,88 @@ def read_sync_log(log_path: str, root: str) -> tuple[dict[str, FileLog], dict[st
         path = os.path.join(head, _RENAMED.get(name, name))
         flog = files.setdefault(path, FileLog(n))
         if kind == "R":
-            flog.ranges.append((int(a), int(b)))
+            flog.ranges.append((int(a), int(b), n))
         else:
             flog.size = int(a)
-    return files, dirs
+            flog.fsyncs.append((flog.size, n))
+    return files, dirs, marks
+
+
+# ------------------------------------------------------------ page versions
+
+_snapshot_ids = itertools.count(1)
+
+
+class Snapshots:
+    """The versions the active segment's pages went through, as seen by the
+    harness that drives the workload in-process: it calls ``take`` after
+    each step, before each cut, and wherever else a version may be
+    short-lived. Sealed segments need none: sealing fsyncs them whole."""
+
+    def __init__(self):
+        self._path: str | None = None
+        self._last = b""
+        self._ids: list[int] = []
+        self._changes: dict[int, list[tuple[int, bytes]]] = {}  # page -> [(snapshot id, the page from then on)]
+
+    def take(self, root: str) -> None:
+        """Record the active (newest) segment of the store at root as it is now."""
+        sid = next(_snapshot_ids)
+        # the V line goes first: every sync logged before it is older than
+        # the bytes read here
+        _segment.sync_log_line(f"V {sid}")
+        self._ids.append(sid)
+        ids = layout.segment_ids(root)
+        if not ids:
+            return
+        path = os.path.abspath(layout.segment_path(root, ids[-1]))
+        with open(path, "rb") as f:
+            data = f.read()
+        if path != self._path:
+            # a page first seen as zeros needs no entry: no entry means zeros
+            self._path, self._last, self._changes = path, bytes(len(data)), {}
+        step = 64 * PAGE  # skip unchanged stretches fast
+        for start in range(0, len(data), step):
+            if data[start : start + step] == self._last[start : start + step]:
+                continue
+            for pos in range(start, min(start + step, len(data)), PAGE):
+                page = data[pos : pos + PAGE]
+                if page != self._last[pos : pos + PAGE]:
+                    self._changes.setdefault(pos // PAGE, []).append((sid, page))
+        self._last = data
+
+    def history(self, path: str, marks: Mapping[int, int]) -> _History | None:
+        """The versions of path's pages, placed in the log by marks
+        (snapshot id -> line); None if path is not the segment tracked."""
+        if path != self._path:
+            return None
+        return _History(
+            {p: [(marks[i], v) for i, v in vs if i in marks] for p, vs in self._changes.items()},
+            sorted(marks[i] for i in self._ids if i in marks),
+        )
+
+
+class _History:
+    """One file's page versions, by log line."""
+
+    def __init__(self, changes: dict[int, list[tuple[int, bytes]]], lines: list[int]):
+        self.changes = changes
+        self.lines = lines
+
+    def versions(self, a: int, b: int, since: int | None) -> list[bytes]:
+        """Bytes [a, b) (within a page) at each snapshot after log line since
+        (None: at every snapshot), oldest first."""
+        i = bisect.bisect_right(self.lines, -1 if since is None else since)
+        if i == len(self.lines):
+            return []
+        held, later = None, []  # held: the page at the first of them (None: zeros)
+        for line, page in self.changes.get(a // PAGE, ()):
+            if line <= self.lines[i]:
+                held = page
+            else:
+                later.append(page)
+        lo = a % PAGE
+        return [(page or b"")[lo : lo + b - a].ljust(b - a, b"\0") for page in [held, *later]]
 
 
 # ------------------------------------------------------------------ images
@@ -205,17 +302,63 @@ def _gaps(durable: list[tuple[int, int]], end: int) -> Iterable[tuple[int, int]]
         pos = max(pos, b)
 
 
-def crash_file(current: bytes, flog: FileLog | None, is_segment: bool, chooser: Chooser, tally: dict) -> bytes:
-    """The bytes a file holds after the crash."""
+def _stretches(
+    flog: FileLog | None, is_segment: bool, durable: list[tuple[int, int]], history: _History | None, end: int
+) -> Iterator[tuple[int, int, int | None]]:
+    """(from, to, since) for the stretches of [0, end), at most a page long
+    and split where syncs end, that may not hold their current bytes after
+    the crash: since is the log line of the last sync that covered the
+    stretch, or None if none did. A covered stretch is one only on a page
+    that snapshots saw change (history)."""
+    pages = {a // PAGE for a, _ in _gaps(durable, end)}
+    if history is not None:
+        pages.update(p for p in history.changes if p * PAGE < end)
+    pages = sorted(pages)
+    covers = defaultdict(list)  # page -> syncs that covered some of it
+    for a, b, line in flog.syncs(is_segment) if flog else ():
+        first, stop = bisect.bisect_left(pages, a // PAGE), bisect.bisect_left(pages, (b + PAGE - 1) // PAGE)
+        for p in pages[first:stop]:
+            covers[p].append((a, b, line))
+    for p in pages:
+        p0, p1 = p * PAGE, min((p + 1) * PAGE, end)
+        syncs = covers[p]
+        cuts = sorted({p0, p1, *(x for a, b, _ in syncs for x in (a, b) if p0 < x < p1)})
+        for a, b in zip(cuts, cuts[1:]):
+            lines = [line for lo, hi, line in syncs if lo <= a and b <= hi]
+            if not lines:
+                yield a, b, None
+            elif history is not None:
+                yield a, b, max(lines)
+
+
+def crash_file(
+    current: bytes,
+    flog: FileLog | None,
+    is_segment: bool,
+    chooser: Chooser,
+    tally: dict,
+    history: _History | None = None,
+) -> bytes:
+    """The bytes a file holds after the crash; history: its page versions
+    (Snapshots.history), if any were taken."""
     durable = flog.durable(is_segment) if flog else []
     # an msync'ed page past the fsynced size carries the size with it
     durable_size = min(len(current), max([flog.size or 0, *(b for _, b in durable)])) if flog else 0
     # past the last non-zero byte (and the page after it) every choice but
-    # garbage gives the same zeros, and garbage there is never read
-    horizon = min(len(current), (len(current.rstrip(b"\0")) // PAGE + 2) * PAGE)
+    # garbage gives the same zeros, and garbage there is never read; an
+    # earlier version may reach further
+    reach = max(history.changes, default=-1) + 1 if history else 0
+    horizon = min(len(current), max(len(current.rstrip(b"\0")) // PAGE + 2, reach) * PAGE)
     out = bytearray(current)
     size = durable_size
-    for a, b in _gaps(durable, horizon):
+    for a, b, since in _stretches(flog, is_segment, durable, history, horizon):
+        versions = history.versions(a, b, since) if history else []
+        if since is not None:
+            # durable: what the sync wrote, or a later version, nothing else
+            if any(v != current[a:b] for v in versions):
+                tally["revert"] = tally.get("revert", 0) + 1
+                out[a:b] = chooser.choice([*versions, current[a:b]])
+            continue
         action = chooser.choice(ACTIONS)
         tally[action] = tally.get(action, 0) + 1
         if action == "keep":
@@ -228,6 +371,10 @@ def crash_file(current: bytes, flog: FileLog | None, is_segment: bool, chooser: 
         elif action == "garbage":
             out[a:b] = random.Random(chooser.integer(0, 2**32 - 1)).randbytes(b - a)
             size = max(size, b)
+        elif action == "revert":
+            if versions:
+                out[a:b] = chooser.choice(versions)
+            size = max(size, b)
         else:
             out[a:b] = bytes(b - a)
             if action == "zero":
@@ -236,12 +383,15 @@ def crash_file(current: bytes, flog: FileLog | None, is_segment: bool, chooser: 
     return bytes(out)
 
 
-def build_image(root: str, log_path: str, dest: str, chooser: Chooser, manifest_env=None) -> dict[str, int]:
+def build_image(
+    root: str, log_path: str, dest: str, chooser: Chooser, manifest_env=None, snapshots: Snapshots | None = None
+) -> dict[str, int]:
     """Write the crash image of the store at root into dest (which must not
     exist) and return how often each choice was made. manifest_env: the
-    live LMDB environment when the store is open (None: copy the files)."""
+    live LMDB environment when the store is open (None: copy the files);
+    snapshots: the page versions the harness took, if any."""
     root = os.path.abspath(root)
-    files, dirs = read_sync_log(log_path, root)  # before the copy: see module doc
+    files, dirs, marks = read_sync_log(log_path, root)  # before the copy: see module doc
     tally: dict[str, int] = {}
     man_src, man_dst = layout.manifest_dir(root), layout.manifest_dir(dest)
     os.makedirs(man_dst)
@@ -266,7 +416,8 @@ def build_image(root: str, log_path: str, dest: str, chooser: Chooser, manifest_
             with open(path, "rb") as f:
                 current = f.read()
             with open(os.path.join(out_dir, name), "wb") as f:
-                f.write(crash_file(current, flog, _is_segment(path), chooser, tally))
+                history = snapshots.history(path, marks) if snapshots else None
+                f.write(crash_file(current, flog, _is_segment(path), chooser, tally, history))
     mark_durable(dest, log_path)
     return tally
 
@@ -297,11 +448,12 @@ def crash_and_check(
     acked: Mapping[str, int],
     batches: Iterable[Sequence[tuple[str, int]]] = (),
     manifest_env=None,
+    snapshots: Snapshots | None = None,
     **open_kwargs,
 ) -> dict[str, int]:
     """Build a crash image of root in dest, recover it and check every
     invariant (fuzz.checks.check_recovered); returns the survivors."""
-    build_image(root, log_path, dest, chooser, manifest_env)
+    build_image(root, log_path, dest, chooser, manifest_env, snapshots)
     stats.add("crash schedules")
     stats.add("acknowledged records checked", sum(acked.values()))
     try:

@@ -6,7 +6,10 @@ transactions, commits, seals, rolls, and close/reopen in each durability
 mode. Its power_cut rule builds a crash image of the store as it is right
 now from the sync log and checks it with check_recovered, then carries on
 with the original store or with the recovered image; power_cut_in_transaction
-cuts while a transaction is open, its records perhaps already on disk.
+cuts while a transaction is open, its records perhaps already on disk. The
+active segment is snapshotted after every step, before every cut and inside
+every transaction, so a cut may revert a page to any version it had since
+the last sync that covered it.
 
 Acknowledged = durable by contract: in "full" every returned append, batch
 and transaction; in every mode, all that came before a returned commit(),
@@ -25,12 +28,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import aoflite
+from aoflite import layout
 
 from .checks import InvariantError, check_recovered
 from .powerloss import (
     ACTIONS,
     PlanChooser,
     RandomChooser,
+    Snapshots,
     build_image,
     crash_and_check,
     disable_sync_log,
@@ -66,6 +71,7 @@ class PowerLoss(RuleBasedStateMachine):
         self.batches: list[list[tuple[str, int]]] = []
         self.serial = 0
         self.cuts = 0
+        self.snaps = Snapshots()
 
     @initialize(mode=st.sampled_from(MODES))
     def open_store(self, mode):
@@ -128,6 +134,8 @@ class PowerLoss(RuleBasedStateMachine):
                     staged.append((key, self.db.append(key, v), v))
                 if before_end is not None:
                     before_end()
+                # the records may reach the disk before a rollback zeroes them
+                self.snaps.take(self.path)
                 if abort:
                     raise _Abort
         except _Abort:
@@ -169,6 +177,7 @@ class PowerLoss(RuleBasedStateMachine):
     def cut(self, chooser) -> tuple[str, dict[str, int]]:
         """Build and check a crash image of the store as it is now."""
         self.cuts += 1
+        self.snaps.take(self.path)
         image = os.path.join(self.tmp, f"image-{self.cuts}")
         survived = crash_and_check(
             self.path,
@@ -179,6 +188,7 @@ class PowerLoss(RuleBasedStateMachine):
             self.acked,
             self.batches,
             manifest_env=self.db.manifest.env,
+            snapshots=self.snaps,
             durability=self.mode,
             **SETTINGS,
         )
@@ -218,6 +228,11 @@ class PowerLoss(RuleBasedStateMachine):
             shutil.rmtree(self.cut(chooser)[0])
 
         self.run_transaction(ops, abort, cut)
+
+    @invariant()
+    def snapshot(self):
+        if self.db is not None:
+            self.snaps.take(self.path)
 
     @invariant()
     def reads_what_was_appended(self):
@@ -267,29 +282,36 @@ def logged(tmp_path):
     disable_sync_log()
 
 
-def _store_with_tail(path, mode="off"):
-    """A store with 30 committed records of key a and 30 unsynced ones."""
+def _store_with_tail(path, mode="off", snaps=None):
+    """A store with 30 committed records of key a and 30 unsynced ones;
+    snaps, if given, sees it before and after the unsynced ones."""
     db = aoflite.open(path, durability=mode, **SETTINGS)
     vals = [f"{i}-".encode() * 1000 for i in range(60)]
     for v in vals[:30]:
         db.append("a", v)
     db.commit()
+    if snaps is not None:
+        snaps.take(db.path)
     for v in vals[30:]:
         db.append("a", v)
+    if snaps is not None:
+        snaps.take(db.path)
     return db, {"a": vals}
 
 
 @pytest.mark.parametrize("action", ACTIONS)
 def test_unsynced_tail_any_fate(tmp_path, logged, action):
     """Whatever happens to the unsynced pages, the committed records survive;
-    dropping them loses exactly the unsynced records."""
-    db, appended = _store_with_tail(str(tmp_path / "s"))
+    dropping them, or reverting them to before the tail, loses exactly the
+    unsynced records."""
+    snaps = Snapshots()
+    db, appended = _store_with_tail(str(tmp_path / "s"), snaps=snaps)
     survived = crash_and_check(
         db.path, logged, str(tmp_path / "img"), _Always(action), appended, {"a": 30},
-        manifest_env=db.manifest.env, **SETTINGS,
+        manifest_env=db.manifest.env, snapshots=snaps, **SETTINGS,
     )
     db.close()
-    if action in ("drop", "zero", "garbage"):
+    if action in ("drop", "zero", "garbage", "revert"):
         assert survived == {"a": 31}  # 30 + the record check_recovered appends
     if action == "keep":
         assert survived == {"a": 61}
@@ -348,3 +370,56 @@ def test_synced_open_transaction_is_dropped(tmp_path, logged):
         )
     db.close()
     assert survived == {"a": 3, "b": 1}
+
+
+class _RevertTo:
+    """A chooser that reverts each stretch to the version holding needle if
+    it had one, else to its newest version."""
+
+    def __init__(self, needle: bytes):
+        self.needle = needle
+
+    def choice(self, options):
+        if tuple(options) == ACTIONS:
+            return "revert"
+        if options and isinstance(options[0], bytes):
+            return next((v for v in options if self.needle in v), options[-1])
+        return options[0]
+
+    def integer(self, lo, hi):
+        return lo
+
+
+def test_rolled_back_bytes_never_return_after_power_loss(tmp_path, logged):
+    """Writeback may put a transaction's records on disk before its rollback
+    zeroes them in memory, and the next batch reuses their positions, LSNs
+    and offsets. Should the page holding the first rolled-back record keep
+    that version while the next page, holding the end of the batch, reaches
+    the disk, recovery must not take the two for one batch: the rollback
+    has to sync its zeros."""
+    snaps = Snapshots()
+    db = aoflite.open(str(tmp_path / "s"), durability="off", **SETTINGS)
+    db.append("a", b"defined")  # the key's definition is in the segment already
+    db.commit()
+    # a page long, all the same length, and alike but for their first
+    # bytes: a record's last bytes share a page with the next one's start
+    tags = (b"A1 rolled back", b"A2 rolled back", b"B1 committed", b"B2 committed")
+    a1, a2, b1, b2 = (tag.ljust(16) + b"." * 4096 for tag in tags)
+    with pytest.raises(_Abort), db.transaction():
+        db.append("a", a1)
+        db.append("a", a2)
+        snaps.take(db.path)
+        raise _Abort
+    snaps.take(db.path)
+    db.append_many("a", [b1, b2])
+    snaps.take(db.path)
+    (seg,) = layout.segment_ids(db.path)
+    with open(layout.segment_path(db.path, seg), "rb") as f:
+        data = f.read()
+    assert data.index(b"B1 committed") // 4096 < data.index(b"B2 committed") // 4096  # the scenario holds
+    crash_and_check(
+        db.path, logged, str(tmp_path / "img"), _RevertTo(b"A1 rolled back"),
+        {"a": [b"defined", b1, b2]}, {"a": 1}, [[("a", 1), ("a", 2)]],
+        manifest_env=db.manifest.env, snapshots=snaps, **SETTINGS,
+    )
+    db.close()
