@@ -680,8 +680,10 @@ class Store:
         may not have taken in the segment's last records yet."""
         seg = self._sealed.get(segment_id)
         if seg is not None:
-            with contextlib.suppress(KeyError):  # evicted meanwhile: still good to use
+            try:
                 self._sealed.move_to_end(segment_id)
+            except KeyError:
+                pass  # evicted meanwhile: still good to use
             return seg
         seg = self._open_sealed(segment_id)
         self._cache_segment(segment_id, seg)
