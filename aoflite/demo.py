@@ -113,7 +113,7 @@ def run(path: str, records: int, keys: int, out=sys.stdout, seed: int = 7) -> di
         busiest = sorted(expected, key=expected.get, reverse=True)[:5]
         print("\nbusiest devices (records, and which segments hold them):", file=out)
         for name in busiest:
-            kid = db._kids[name]
+            kid, _ = db.manifest.lookup_key(name) or (0, 0)
             where = sorted({seg for _, seg, _, _ in db.manifest.key_ranges(kid)})
             last = db.last(name)
             print(f"  {name}: {db.count(name):,} records in segments {where}; last lsn {last.lsn}", file=out)

@@ -23,6 +23,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     missing = sorted(set(defined) - stats.failpoints_hit)
     if missing:
         tr.write_line(f"failpoints never hit: {', '.join(missing)}")
+    failed_at = {n.removeprefix("I/O failures injected at ") for n in stats.counters if n.startswith("I/O failures")}
+    if failed_at:
+        tr.write_line(f"I/O sites failed: {len(failed_at & set(failpoints.IO_SITES))} of {len(failpoints.IO_SITES)}")
+        missing_io = sorted(set(failpoints.IO_SITES) - failed_at)
+        if missing_io:
+            tr.write_line(f"I/O sites never failed: {', '.join(missing_io)}")
     for name in sorted(stats.counters):
         tr.write_line(f"{name}: {stats.counters[name]}")
     tr.write_line(f"acknowledged records lost: {stats.counters.get('acknowledged records lost', 0)}")

@@ -302,6 +302,7 @@ def test_store_creation_failing_at_every_call(tmp_path):
                 assert isinstance(e, aoflite.StorageError), f"{site} call {nth}: {e!r}"
             finally:
                 failpoints.io_reset()
+            stats.add(f"I/O failures injected at {site}")
             with aoflite.open(path) as db:
                 db.append("k", b"v")
             assert [r.value for r in aoflite.open(path, readonly=True).scan("k")] == [b"v"]
@@ -330,6 +331,7 @@ def test_follower_reads_failing_at_every_call(tmp_path):
     for site in ("seg.pread", "seg.mmap"):
         for nth in range(1, counts[site] + 1):
             failpoints.io_error(site, nth, errno.EIO)
+            stats.add(f"I/O failures injected at {site}")
             try:
                 with aoflite.open(path, readonly=True) as f:
                     got = [r.value for r in f.scan_all()]

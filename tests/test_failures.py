@@ -110,7 +110,7 @@ def test_failed_sync_refuses_every_call_until_reopened(store_path, mode):
         lambda: list(db.scan("k")),
         db.commit,
         db.seal,
-        db.transaction().__enter__,
+        lambda: db.transaction().__enter__(),
     ):
         with pytest.raises(aoflite.Error, match="open it again|reopen"):
             call()
@@ -243,7 +243,7 @@ def test_values_past_u64_are_value_errors(db, call):
 
 def test_pwrite_batches_advance_the_prefault_mark(db):
     db.append_many("k", [b"x" * 4096] * 512)  # 2 MiB through pwrite
-    seg = db._writer.segment
+    seg = db._writes.writer.segment
     assert seg.prefaulted() >= seg.info().records_end - 4096
 
 
@@ -252,10 +252,10 @@ def test_sealed_segment_cache_is_least_recently_used(store_path):
     for i in range(3):
         db.append("k", b"%d" % i)
         db.seal()
-    db._sealed.clear()
+    db._reads._sealed.clear()
     for off in (0, 1, 0, 2):
         db.read("k", off)
-    assert list(db._sealed) == [1, 3]  # segment 2 (offset 1) was the least recently used
+    assert list(db._reads._sealed) == [1, 3]  # segment 2 (offset 1) was the least recently used
     db.close()
 
 

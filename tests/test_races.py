@@ -183,7 +183,7 @@ def test_follower_key_ranges_loaded_while_a_roll_commits_are_not_kept(store_path
         reader = Runner(lambda: follower.read("k", 0).value)
         assert p.wait()
         db.seal()
-        follower._refresh()  # takes in the roll while the reader holds old ranges
+        follower._follower.refresh()  # takes in the roll while the reader holds old ranges
     assert reader.join() == b"0"
     assert [r.offset for r in follower.scan("k")] == list(range(7))
     assert follower.read("k", 4).value == b"4"

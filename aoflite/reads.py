@@ -1,0 +1,385 @@
+"""The read path: from (key, offset) or LSN to a segment and its records.
+
+The live segments answer for their own offsets from their in-memory index;
+older offsets are in a sealed segment the manifest's key ranges name,
+mapped through a least-recently-used cache. What a read consults, the live
+segments and the ranges cached from the manifest, is one immutable View,
+replaced whole (never patched) when a roll or a follower's refresh changes
+it: a reader takes the view once and fills the ranges dict of the view it
+took, so a manifest load racing a roll can only land in a discarded view.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from itertools import repeat
+from operator import itemgetter
+from typing import Any
+
+from . import errors, layout, recovery
+from .args import U64_END, check_key, check_offset, check_timeout
+from .config import Config
+from .failpoints import hit
+from .keys import Keys
+from .lifecycle import Lifecycle
+from .manifest import Manifest
+from .record import Record
+from .segment import Segment
+
+__all__ = ["Reads", "View"]
+
+_new_record = tuple.__new__  # tuple.__new__(Record, fields): a Record without a Python frame
+_CHUNK = 512  # records fetched from C per call while scanning
+_first = itemgetter(0)
+
+
+class View:
+    """The live segments (oldest first) and the sealed key ranges loaded
+    from the manifest so far (key id -> [(last_offset, segment_id,
+    first_offset)]), as one unit."""
+
+    __slots__ = ("live", "ranges")
+
+    def __init__(self, live: tuple[Segment, ...], ranges: dict[int, list[tuple[int, int, int]]] | None = None):
+        self.live = live
+        self.ranges = {} if ranges is None else ranges
+
+
+def _no_refresh() -> None:
+    pass
+
+
+class Reads:
+    """Every read of one handle. ``refresh`` is the follower's (a writer's
+    handle sees its own appends at once); ``next_offset`` the writer's."""
+
+    def __init__(self, path: str, store_id: int, manifest: Manifest, keys: Keys, config: Config, life: Lifecycle):
+        self.path = path
+        self._store_id = store_id
+        self._manifest = manifest
+        self._keys = keys
+        self._config = config
+        self._life = life
+        self.view = View(())
+        self.refresh: Callable[[], None] = _no_refresh
+        self.follower = False
+        self.next_offset: Callable[[int], int] | None = None
+        self.wait_commit: Callable[[int, int], int] | None = None
+        self._sealed: OrderedDict[int, Segment] = OrderedDict()
+        self._seg_lock = threading.Lock()
+
+    # ------------------------------------------------------ the view
+
+    def publish(self, live: tuple[Segment, ...], *, keep_ranges: bool = False) -> None:
+        """Replace the view: new live segments, and fresh ranges unless the
+        manifest has not changed (keep_ranges)."""
+        self.view = View(live, self.view.ranges if keep_ranges else None)
+
+    def live(self) -> tuple[Segment, ...]:
+        """The live segments now."""
+        return self.view.live
+
+    # --------------------------------------------- sealed segments
+
+    def cache_segment(self, segment_id: int, seg: Segment) -> None:
+        """Keep seg mapped (evicting the least recently used past the limit)."""
+        with self._seg_lock:
+            self._sealed[segment_id] = seg
+            while len(self._sealed) > self._config.read.open_segments:
+                self._sealed.popitem(last=False)
+
+    def cached_segments(self) -> int:
+        """How many sealed segments are mapped."""
+        return len(self._sealed)
+
+    def segment(self, segment_id: int) -> Segment:
+        """A segment the manifest says is sealed, mapped (from the cache
+        when it is there). Never a follower's live copy of it: that one
+        may not have taken in the segment's last records yet."""
+        seg = self._sealed.get(segment_id)
+        if seg is not None:
+            try:
+                self._sealed.move_to_end(segment_id)
+            except KeyError:
+                pass  # evicted meanwhile: still good to use
+            return seg
+        seg = self.open_sealed(segment_id)
+        self.cache_segment(segment_id, seg)
+        return seg
+
+    def open_sealed(self, segment_id: int) -> Segment:
+        """Open the file of a segment the manifest says is sealed; any way
+        it falls short of that is corruption."""
+        path = layout.segment_path(self.path, segment_id)
+        try:
+            seg, _ = Segment.open(path)
+        except errors.NotFound:
+            raise errors.CorruptionError(
+                f"{path}: segment {segment_id} is in the manifest but its file is missing "
+                "(restore it from a backup or replica)",
+                path=path,
+            ) from None
+        except errors.FormatError as e:
+            raise errors.CorruptionError(
+                f"segment {segment_id} is in the manifest but its file is not a readable segment: {e} "
+                "(restore it from a backup or replica)",
+                path=path,
+                position=0,
+            ) from None
+        info = seg.info()
+        recovery.check_identity(seg, info, self._store_id, segment_id)
+        if not info.sealed:
+            raise errors.CorruptionError(
+                f"{path}: the manifest says segment {segment_id} is sealed but its footer is missing or damaged "
+                "(restore it from a backup or replica)",
+                path=path,
+                position=info.file_bytes,
+            )
+        return seg
+
+    def verify(self, segment_id: int | None = None) -> int:
+        """See Store.verify."""
+        self._life.check()
+        if segment_id is None:
+            recs = [r for r in self._manifest.segments() if r.state == "sealed"]
+        else:
+            check_offset("segment_id", segment_id)
+            rec = self._manifest.segment(segment_id)
+            if rec is None:
+                raise errors.NotFound(f"{self.path}: no segment {segment_id} in the manifest")
+            if rec.state != "sealed":
+                raise errors.Error(f"{self.path}: segment {segment_id} is still active (seal it first)")
+            recs = [rec]
+        for rec in recs:
+            seg = self.open_sealed(rec.segment_id)
+            seg.verify()
+            info = seg.info()
+            facts = (info.record_count, info.last_lsn, info.file_crc, info.file_bytes)
+            if facts != (rec.record_count, rec.last_lsn, rec.file_crc, rec.file_bytes):
+                raise errors.CorruptionError(
+                    f"{seg.path}: segment {rec.segment_id} verifies on its own but is not the file the "
+                    f"manifest recorded (records, last LSN, CRC, size {facts} != "
+                    f"{(rec.record_count, rec.last_lsn, rec.file_crc, rec.file_bytes)})",
+                    path=seg.path,
+                )
+        return len(recs)
+
+    # --------------------------------------------- key to segment
+
+    def _key_ranges(self, view: View, kid: int) -> list[tuple[int, int, int]]:
+        ranges = view.ranges.get(kid)
+        if ranges is None:
+            ranges = [(last, seg, first) for last, seg, first, _ in self._manifest.key_ranges(kid)]
+            hit("ranges.after_load")
+            view.ranges[kid] = ranges
+        return ranges
+
+    def _find(self, kid: int, offset: int) -> Segment | None:
+        """The segment holding (kid, offset), or None when it does not exist."""
+        view = self.view
+        for seg in reversed(view.live):
+            r = seg.key_range(kid)
+            if r is not None and offset >= r.first_offset:
+                return seg if offset < r.first_offset + r.count else None
+        return self._sealed_segment_of(view, kid, offset)
+
+    def _sealed_segment_of(self, view: View, kid: int, offset: int) -> Segment | None:
+        ranges = self._key_ranges(view, kid)
+        i = bisect_left(ranges, offset, key=_first)
+        if i < len(ranges) and offset >= ranges[i][2]:
+            return self.segment(ranges[i][1])
+        return None
+
+    def kid(self, key: Any) -> int | None:
+        """The key's id, checking the key; None when no record has it."""
+        check_key(key)
+        kid = self._keys.known(key)
+        if kid is None and self.follower:
+            self.refresh()
+            self._keys.learn_live(self.view.live)
+            kid = self._keys.ids.get(key)
+        return kid
+
+    # -------------------------------------------------------- reads
+
+    def read(self, key: str, offset: int) -> Record:
+        """See Store.read."""
+        if not self._life.usable:
+            self._life.check()
+        try:
+            kid = self._keys.ids.get(key)
+        except TypeError:
+            kid = None
+        if kid is None:
+            kid = self.kid(key)
+        if kid is not None and type(offset) is int and 0 <= offset < U64_END:
+            got = self._read(kid, offset)
+            if got is None and self.follower:
+                self.refresh()
+                got = self._read(kid, offset)
+            if got is not None:
+                return _new_record(Record, (key, offset, got[0], got[1], got[2]))
+        check_offset("offset", offset)
+        raise errors.NotFound(f"{self.path}: no record at key {key!r} offset {offset}")
+
+    def _read(self, kid: int, offset: int) -> tuple[int, int, bytes] | None:
+        # the live segments answer for their own offsets (newest first);
+        # older offsets are in a sealed segment the manifest names
+        view = self.view
+        for seg in reversed(view.live):
+            got = seg.read(kid, offset)
+            if got is not None:
+                return got
+        seg = self._sealed_segment_of(view, kid, offset)
+        return seg.read(kid, offset) if seg is not None else None
+
+    def scan(self, key: str, start: int = 0, stop: int | None = None) -> Iterator[Record]:
+        """See Store.scan."""
+        self._life.check()
+        check_offset("start", start)
+        check_offset("stop", stop, allow_none=True)
+        kid = self.kid(key)
+        return self._scan(key, kid, start, stop) if kid is not None else iter(())
+
+    def _scan(self, key: str, kid: int, off: int, stop: int | None) -> Iterator[Record]:
+        refreshed = False
+        while stop is None or off < stop:
+            self._life.check()
+            seg = self._find(kid, off)
+            if seg is None:
+                if not self.follower or refreshed:
+                    return
+                self.refresh()
+                refreshed = True
+                continue
+            n = _CHUNK if stop is None else min(_CHUNK, stop - off)
+            offs, lsns, tss, vals = seg.read_range(kid, off, n)
+            if not offs:
+                return
+            yield from map(_new_record, repeat(Record), zip(repeat(key), offs, lsns, tss, vals))
+            off = offs[-1] + 1
+
+    def count(self, key: str) -> int:
+        """See Store.count."""
+        self._life.check()
+        kid = self.kid(key)
+        if kid is None:
+            return 0
+        if self.next_offset is not None:
+            try:
+                return self.next_offset(kid)
+            except errors.Error:
+                pass  # known from the manifest, not registered with the writer
+        else:
+            self.refresh()
+            for seg in reversed(self.view.live):
+                r = seg.key_range(kid)
+                if r is not None:
+                    return r.first_offset + r.count
+        known = self._manifest.lookup_key(key)
+        return known[1] if known else 0
+
+    def keys(self) -> list[str]:
+        """See Store.keys."""
+        self._life.check()
+        self.refresh()
+        names = set(self._manifest.keys())
+        for seg in self.view.live:
+            for r in seg.keys():
+                names.add(self._keys.names[r.key_id])
+        return sorted(names)
+
+    # ---------------------------------------------------- change feed
+
+    def scan_all(self, start_lsn: int = 0) -> Iterator[Record]:
+        """See Store.scan_all."""
+        self._life.check()
+        check_offset("start_lsn", start_lsn)
+        return self._scan_all(max(start_lsn, 1))
+
+    def _scan_all(self, lsn: int) -> Iterator[Record]:
+        self.refresh()
+        sid = self._manifest.segment_for_lsn(lsn)
+        live = self.view.live
+        seg = self.segment(sid) if sid is not None else (live[0] if live else None)
+        names = self._keys.names
+        pos = 0
+        settled = retried = False
+        while seg is not None:
+            self._life.check()
+            pos, kids, offs, lsns, tss, vals = seg.scan(pos, lsn, _CHUNK)
+            if kids:
+                yield from map(_new_record, repeat(Record), zip(map(names.__getitem__, kids), offs, lsns, tss, vals))
+                lsn = lsns[-1] + 1
+                retried = False
+                continue
+            hit("scan_all.segment_end")
+            if settled:
+                # settled before the scan that just came back empty: every
+                # record the segment will ever hold has been yielded
+                seg = self._segment_after(seg.info().segment_id)
+                pos, settled = 0, False
+            elif retried:
+                return  # nothing more for now
+            else:
+                # the segment may have grown or been sealed since the scan
+                # began: scan it once more before moving on or stopping
+                settled, retried = self._settled(seg), True
+
+    def _settled(self, seg: Segment) -> bool:
+        """True when seg holds every record it ever will (it is sealed and
+        this handle has taken in its last records)."""
+        if seg.info().sealed:
+            return True
+        # a follower's live copy (a writer's unsealed segment is the active
+        # one): the refresh says whether the file was sealed before it
+        # began, and then it took in the last records
+        return self.follower and seg.refresh().reason == "sealed"
+
+    def _segment_after(self, segment_id: int) -> Segment | None:
+        """The segment following segment_id: the manifest's next one, or a
+        live segment it does not list yet."""
+        self.refresh()
+        rec = self._manifest.segment_after(segment_id)
+        if rec is not None and rec.state == "sealed":
+            return self.segment(rec.segment_id)
+        later = [s for s in self.view.live if s.info().segment_id > segment_id]
+        return min(later, key=lambda s: s.info().segment_id) if later else None
+
+    # ---------------------------------------------------------- tail
+
+    def tail(self, key: str, start: int = 0, timeout: float | None = None) -> Iterator[Record]:
+        """See Store.tail."""
+        self._life.check()
+        check_key(key)
+        check_offset("start", start)
+        check_timeout(timeout)
+        return self._tail(key, start, timeout)
+
+    def _tail(self, key: str, off: int, timeout: float | None) -> Iterator[Record]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = self.wait_commit
+        gen = wait(-1 & 0xFFFFFFFFFFFFFFFF, 0) if wait is not None else 0
+        while True:
+            got = False
+            kid = self.kid(key)
+            if kid is not None:
+                for rec in self._scan(key, kid, off, None):
+                    yield rec
+                    off = rec.offset + 1
+                    got = True
+            if got and timeout is not None:
+                deadline = time.monotonic() + timeout
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            self._life.check()
+            step = 1.0 if remaining is None else min(remaining, 1.0)
+            if wait is not None:
+                gen = wait(gen, max(1, int(step * 1000)))
+            else:
+                time.sleep(min(step, self._config.read.poll_interval_ms / 1000))
