@@ -62,6 +62,7 @@ class Reads:
         self._store_id = store_id
         self._manifest = manifest
         self._keys = keys
+        self._ids = keys.ids  # the hot path's key lookup
         self._config = config
         self._life = life
         self.view = View(())
@@ -211,7 +212,7 @@ class Reads:
         if not self._life.usable:
             self._life.check()
         try:
-            kid = self._keys.ids.get(key)
+            kid = self._ids.get(key)
         except TypeError:
             kid = None
         if kid is None:
