@@ -7,7 +7,7 @@
         print(db.read("sensor-1", off).value)
 """
 
-from .config import Config, ConfigError, DurabilityConfig, ReadConfig, SegmentConfig
+from .config import Config, ConfigError, DurabilityConfig, OpenConfig, ReadConfig, SegmentConfig
 from .errors import (
     BackpressureError,
     ClosedError,
@@ -34,6 +34,7 @@ __all__ = [
     "DurabilityConfig",
     "SegmentConfig",
     "ReadConfig",
+    "OpenConfig",
     "Error",
     "NotFound",
     "LockedError",

@@ -85,12 +85,22 @@ class ReadConfig:
 
 
 @attrs.frozen
+class OpenConfig:
+    """Opening a store."""
+
+    # how long a writable open waits for another writer to let go of the
+    # store (0: fail at once with LockedError), as SQLite's busy timeout
+    lock_timeout_ms: int = attrs.field(default=0, validator=_int_range(0, 3_600_000))
+
+
+@attrs.frozen
 class Config:
     """All of a store's settings. Immutable: derive variants with evolve()."""
 
     durability: DurabilityConfig = attrs.field(factory=DurabilityConfig)
     segment: SegmentConfig = attrs.field(factory=SegmentConfig)
     read: ReadConfig = attrs.field(factory=ReadConfig)
+    open: OpenConfig = attrs.field(factory=OpenConfig)
 
     def evolve(self, **overrides: Any) -> Config:
         """A copy with flattened settings replaced: evolve(segment_bytes=1 << 20)."""
@@ -138,7 +148,7 @@ class Config:
         return cls.from_dict(data)
 
 
-_SECTIONS = {"durability": DurabilityConfig, "segment": SegmentConfig, "read": ReadConfig}
+_SECTIONS = {"durability": DurabilityConfig, "segment": SegmentConfig, "read": ReadConfig, "open": OpenConfig}
 
 # flattened name -> (section, field); "durability" alone is the mode
 _FLAT: dict[str, tuple[str, str]] = {"durability": ("durability", "mode")}

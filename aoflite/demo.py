@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.records < 1 or args.keys < 1:
         p.error("--records and --keys must be at least 1")
     if args.path:
+        if os.path.exists(args.path) and (not os.path.isdir(args.path) or os.listdir(args.path)):
+            # the demo's checks count on a store of its own: never write
+            # into an application's
+            p.error(f"{args.path} already exists; the demo writes a new store (give a path that does not exist)")
         run(args.path, args.records, args.keys)
         return 0
     tmp = tempfile.mkdtemp(prefix="aoflite-demo-")

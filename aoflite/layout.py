@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import secrets
+import time
 
 from . import errors
 from .failpoints import io
@@ -67,11 +68,24 @@ def manifest_dir(root: str) -> str:
 
 def inspect_path(root: str) -> str:
     """"missing", "empty" (an empty directory), "store", or raises
-    FormatError for anything else, which is then left untouched."""
-    if not os.path.lexists(root):
+    FormatError for anything else, which is then left untouched.
+    StorageError when the directory cannot be read (permissions)."""
+    try:
+        os.lstat(root)
+    except FileNotFoundError:
         return "missing"
+    except PermissionError as e:
+        # a path we cannot reach is a permission problem, not a missing store
+        raise errors.StorageError(
+            e.errno, f"{root}: permission denied reaching it (every directory above it needs execute permission)"
+        ) from None
     if not os.path.isdir(root):
         raise errors.FormatError(f"{root}: exists and is not a directory, so not an aoflite store (choose another path)")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise errors.StorageError(
+            errno.EACCES,
+            f"{root}: permission denied (opening a store needs read and execute permission on its directory)",
+        )
     if os.path.exists(os.path.join(root, MARKER)):
         return "store"
     if _only_creation_leftovers(root):
@@ -144,22 +158,47 @@ def create_layout(root: str) -> int:
     return store_id
 
 
-def acquire_lock(root: str) -> int:
-    """Take the store's writer lock at once, or raise LockedError."""
+def acquire_lock(root: str, timeout_ms: int = 0) -> int:
+    """Take the store's writer lock, waiting up to timeout_ms for another
+    writer to let go, or raise LockedError naming the holder."""
     path = os.path.join(root, "LOCK")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise errors.LockedError(
-                f"{root}: another writable handle holds the store (close it, or open with readonly=True)"
-            ) from None
-        raise
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError as e:
+        raise errors.StorageError(
+            e.errno, f"{path}: permission denied (a writable handle needs write permission on {root})"
+        ) from None
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise errors.StorageError(e.errno, f"{path}: taking the writer lock: {e}") from None
+            if time.monotonic() >= deadline:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise errors.LockedError(
+                    f"{root}: another writable handle holds the store ({holder}); close it, open with "
+                    "readonly=True, or wait for it with lock_timeout_ms"
+                ) from None
+            time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds the lock, from the pid its holder wrote into the file."""
+    try:
+        pid = int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return "a process that has not said which yet"
+    if pid == os.getpid():
+        return f"process {pid}: this process, through another handle"
+    return f"process {pid}"
 
 
 def release_lock(fd: int) -> None:

@@ -26,6 +26,7 @@ makes "which segment holds (key, offset)" one range lookup.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -143,6 +144,12 @@ def _acquire_env(path: str, create: bool) -> lmdb.Environment:
                 max_readers=512,
             )
         except lmdb.Error as e:
+            if "Permission denied" in str(e) or isinstance(e, lmdb.ReadonlyError):
+                raise errors.StorageError(
+                    errno.EACCES,
+                    f"opening the manifest at {path}: permission denied (a handle needs read permission on "
+                    f"{path}/data.mdb and read and write permission on {path}/lock.mdb, where LMDB keeps its readers)",
+                ) from None
             raise errors.StorageError(0, f"opening the manifest at {path}: {e}") from None
         _envs[path] = (env, 1)
         return env

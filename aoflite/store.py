@@ -104,7 +104,7 @@ class Store:
         if not readonly:
             if state == "missing":
                 os.makedirs(self.path)
-            self._lock_fd = layout.acquire_lock(self.path)
+            self._lock_fd = layout.acquire_lock(self.path, config.open.lock_timeout_ms)
             hit("open.after_lock")
         try:
             if state in ("missing", "empty"):

@@ -24,6 +24,7 @@ INT_SETTINGS = {
     "max_record_bytes": (1, 2**31 - 1),
     "open_segments": (1, 65536),
     "poll_interval_ms": (1, 60_000),
+    "lock_timeout_ms": (0, 3_600_000),
 }
 
 #: TOML section of each flattened name ("durability" alone is [durability] mode).
@@ -31,6 +32,7 @@ SECTIONS = {
     "durability": aoflite.DurabilityConfig,
     "segment": aoflite.SegmentConfig,
     "read": aoflite.ReadConfig,
+    "open": aoflite.OpenConfig,
 }
 
 
