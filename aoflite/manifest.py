@@ -248,6 +248,17 @@ class Manifest:
         finally:
             self._leave()
 
+    def copy_to(self, path: str) -> None:
+        """A consistent copy of the whole environment (one read
+        transaction) into the empty directory path, synced."""
+        self._enter()
+        try:
+            self.env.copy(path, compact=True)
+        except lmdb.Error as e:
+            raise errors.StorageError(0, f"copying the manifest at {self.path} to {path}: {e}") from None
+        finally:
+            self._leave()
+
     # ------------------------------------------------------------- meta
 
     def get_meta(self, name: str) -> str | None:

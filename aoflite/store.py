@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from . import backup as _backup
 from . import errors, layout
 from .config import Config
 from .failpoints import hit
@@ -237,6 +238,16 @@ class Store:
         CorruptionError naming the first bad one; returns how many were
         checked. Reads the whole of each segment."""
         return self._reads.verify(segment_id)
+
+    def backup(self, dest_path: str | os.PathLike[str]) -> int:
+        """A consistent copy of the store at dest_path (a new path) while
+        appends go on; returns the LSN it holds up to: every record
+        committed before the call, whole batches only. The copy opens as an
+        ordinary store. Copy a live store this way, never with ``cp -r``,
+        which can catch the manifest and a segment mid-write."""
+        self._life.check()
+        feed = self._writes.feed if self._writes is not None else self._follower.feed if self._follower else None
+        return _backup.backup(self.path, self._manifest, feed, os.fspath(dest_path))
 
     # ----------------------------------------------------------- status
 
