@@ -223,11 +223,11 @@ class Reads:
                 self.refresh()
                 got = self._read(kid, offset)
             if got is not None:
-                return _new_record(Record, (key, offset, got[0], got[1], got[2]))
+                return _new_record(Record, (key, offset, *got))
         check_offset("offset", offset)
         raise errors.NotFound(f"{self.path}: no record at key {key!r} offset {offset}")
 
-    def _read(self, kid: int, offset: int) -> tuple[int, int, bytes] | None:
+    def _read(self, kid: int, offset: int) -> tuple[int, int, bytes, bool] | None:
         # the live segments answer for their own offsets (newest first);
         # older offsets are in a sealed segment the manifest names
         view = self.view
@@ -258,10 +258,10 @@ class Reads:
                 refreshed = True
                 continue
             n = _CHUNK if stop is None else min(_CHUNK, stop - off)
-            offs, lsns, tss, vals = seg.read_range(kid, off, n)
+            offs, lsns, tss, vals, ends = seg.read_range(kid, off, n)
             if not offs:
                 return
-            yield from map(_new_record, repeat(Record), zip(repeat(key), offs, lsns, tss, vals))
+            yield from map(_new_record, repeat(Record), zip(repeat(key), offs, lsns, tss, vals, ends))
             off = offs[-1] + 1
 
     def count(self, key: str) -> int:
@@ -312,9 +312,11 @@ class Reads:
         settled = retried = False
         while seg is not None:
             self._life.check()
-            pos, kids, offs, lsns, tss, vals = seg.scan(pos, lsn, _CHUNK)
+            pos, kids, offs, lsns, tss, vals, ends = seg.scan(pos, lsn, _CHUNK)
             if kids:
-                yield from map(_new_record, repeat(Record), zip(map(names.__getitem__, kids), offs, lsns, tss, vals))
+                yield from map(
+                    _new_record, repeat(Record), zip(map(names.__getitem__, kids), offs, lsns, tss, vals, ends)
+                )
                 lsn = lsns[-1] + 1
                 retried = False
                 continue
@@ -353,26 +355,28 @@ class Reads:
 
     # ---------------------------------------------------------- tail
 
-    def tail(self, key: str, start: int = 0, timeout: float | None = None) -> Iterator[Record]:
-        """See Store.tail."""
+    def tail_all(self, start_lsn: int = 0, timeout: float | None = None) -> Iterator[Record]:
+        """See Store.tail_all."""
         self._life.check()
-        check_key(key)
-        check_offset("start", start)
+        check_offset("start_lsn", start_lsn)
         check_timeout(timeout)
-        return self._tail(key, start, timeout)
+        return self._follow_feed(lambda lsn: self._scan_all(lsn), max(start_lsn, 1), timeout, "lsn")
 
-    def _tail(self, key: str, off: int, timeout: float | None) -> Iterator[Record]:
+    def _follow_feed(
+        self, scan: Callable[[int], Iterator[Record]], pos: int, timeout: float | None, field: str
+    ) -> Iterator[Record]:
+        """Yield scan(pos) again and again as new records commit, pos moving
+        past each record (by offset or LSN); ends after timeout seconds
+        without one (None: never)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = self.wait_commit
         gen = wait(-1 & 0xFFFFFFFFFFFFFFFF, 0) if wait is not None else 0
         while True:
             got = False
-            kid = self.kid(key)
-            if kid is not None:
-                for rec in self._scan(key, kid, off, None):
-                    yield rec
-                    off = rec.offset + 1
-                    got = True
+            for rec in scan(pos):
+                yield rec
+                pos = getattr(rec, field) + 1
+                got = True
             if got and timeout is not None:
                 deadline = time.monotonic() + timeout
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -384,3 +388,18 @@ class Reads:
                 gen = wait(gen, max(1, int(step * 1000)))
             else:
                 time.sleep(min(step, self._config.read.poll_interval_ms / 1000))
+
+    def tail(self, key: str, start: int = 0, timeout: float | None = None) -> Iterator[Record]:
+        """See Store.tail."""
+        self._life.check()
+        check_key(key)
+        check_offset("start", start)
+        check_timeout(timeout)
+        return self._tail(key, start, timeout)
+
+    def _tail(self, key: str, off: int, timeout: float | None) -> Iterator[Record]:
+        def scan(start: int) -> Iterator[Record]:
+            kid = self.kid(key)
+            return self._scan(key, kid, start, None) if kid is not None else iter(())
+
+        return self._follow_feed(scan, off, timeout, "offset")

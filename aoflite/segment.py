@@ -397,8 +397,9 @@ class Segment:
             self._tls.__dict__[cap] = cols
         return cols
 
-    def read(self, key_id: int, offset: int) -> tuple[int, int, bytes] | None:
-        """(lsn, timestamp_ms, value) of one record, or None if not here."""
+    def read(self, key_id: int, offset: int) -> tuple[int, int, bytes, bool] | None:
+        """(lsn, timestamp_ms, value, batch_end) of one record, or None if
+        not here."""
         out = self._tls.__dict__.get("one")
         if out is None:
             out = self._tls.one = (ffi.new("uint64_t[]", COLS), ffi.new("size_t *"))
@@ -407,12 +408,12 @@ class Segment:
             if rc == lib.AOF_ENOTFOUND:
                 return None
             _raise(rc, self.path, f"reading key id {key_id} offset {offset}")
-        _, lsn, ts, _, vs, ve = ffi.unpack(out[0], COLS)
-        return lsn, ts, self._buf[vs:ve]
+        _, lsn, ts, _, vs, ve, end = ffi.unpack(out[0], COLS)
+        return lsn, ts, self._buf[vs:ve], end == 1
 
     def read_range(self, key_id: int, offset: int, cap: int):
-        """Columns (offsets, lsns, timestamps, values) of up to cap records of
-        key_id from offset on; empty when offset is not here."""
+        """Columns (offsets, lsns, timestamps, values, batch ends) of up to
+        cap records of key_id from offset on; empty when offset is not here."""
         cols = _Columns.new(cap)
         n = ffi.new("size_t *")
         rc = lib.aof_seg_read_range(self._ptr, key_id, offset, cols.arr, cap, n)
@@ -422,23 +423,23 @@ class Segment:
 
     def scan(self, pos: int, min_lsn: int, cap: int):
         """Data records in file order from byte pos: (next_pos, key_ids,
-        offsets, lsns, timestamps, values)."""
+        offsets, lsns, timestamps, values, batch ends)."""
         cols = _Columns.new(cap)
         n = ffi.new("size_t *")
         p = ffi.new("uint64_t *", pos)
         rc = lib.aof_seg_scan(self._ptr, p, min_lsn, cols.arr, cap, n)
         if rc:
             _raise(rc, self.path, f"scanning {self.path}")
-        offs, lsns, tss, vals = self._columns(cols, n[0])
+        offs, lsns, tss, vals, ends = self._columns(cols, n[0])
         kids = ffi.unpack(cols.arr + lib.AOF_COL_KEY_ID * cap, n[0])
-        return p[0], kids, offs, lsns, tss, vals
+        return p[0], kids, offs, lsns, tss, vals, ends
 
     def _columns(self, cols: _Columns, n: int):
         if not n:
-            return [], [], [], []
-        offs, lsns, tss, _, vs, ve = cols.rows(n)
+            return [], [], [], [], []
+        offs, lsns, tss, _, vs, ve, ends = cols.rows(n)
         vals = list(map(self._buf.__getitem__, map(slice, vs, ve)))
-        return offs, lsns, tss, vals
+        return offs, lsns, tss, vals, list(map(bool, ends))
 
 
 def _info(i) -> SegmentInfo:

@@ -232,6 +232,14 @@ class Store:
         (None: never); raises ClosedError if the store is closed meanwhile."""
         return self._reads.tail(key, start, timeout)
 
+    def tail_all(self, start_lsn: int = 0, timeout: float | None = None) -> Iterator[Record]:
+        """Every record of every key from start_lsn on, in LSN order, like
+        scan_all, then each new one as it is committed. Ends when no new
+        record arrives for timeout seconds (None: never); raises
+        ClosedError if the store is closed meanwhile. Stop or checkpoint
+        where ``batch_end`` is True to never split a transaction."""
+        return self._reads.tail_all(start_lsn, timeout)
+
     def verify(self, segment_id: int | None = None) -> int:
         """Check sealed segments as they are on disk now: the file CRC, every
         record, the index, and agreement with the manifest. Raises

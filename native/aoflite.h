@@ -85,13 +85,14 @@ typedef struct aof_seg_info {
  * lists with one call per column: out is a uint64 array of AOF_COLS * cap
  * values, column c of record i at out[c * cap + i]. The value is the bytes
  * [AOF_COL_VSTART, AOF_COL_VEND) of the segment's memory (aof_seg_memory). */
-#define AOF_COLS 6
+#define AOF_COLS 7
 #define AOF_COL_OFFSET 0
 #define AOF_COL_LSN 1
 #define AOF_COL_TIMESTAMP 2
 #define AOF_COL_KEY_ID 3
 #define AOF_COL_VSTART 4
 #define AOF_COL_VEND 5
+#define AOF_COL_BATCH_END 6 /* 1 on the last record of its batch (append, append_many, transaction) */
 
 /* One key's range inside a segment. */
 typedef struct aof_key_range {

@@ -263,14 +263,23 @@ static int check_record(const aof_seg *s, uint64_t pos, uint64_t end, uint64_t *
     return AOF_STOP_END;
 }
 
-static void fill_rec(const aof_seg *s, uint64_t pos, uint64_t *out, size_t cap, size_t i) {
+/* Fills row i of the columns with the data record at pos. It ends its
+ * batch when it carries the flag itself (a single append, the last of an
+ * append_many) or when a transaction's commit record follows it: readers
+ * below end only ever see committed records, so that record is there. */
+static void fill_rec(const aof_seg *s, uint64_t pos, uint64_t end, uint64_t *out, size_t cap, size_t i) {
     const unsigned char *h = s->base + pos;
+    uint64_t rec_end = pos + AOF_RECORD_HEADER_BYTES + ld32(h + AOF_R_LENGTH);
+    uint64_t batch_end = (ld16(h + AOF_R_FLAGS) & AOF_FLAG_BATCH_END) != 0;
+    if (!batch_end && rec_end <= end && end - rec_end >= AOF_RECORD_HEADER_BYTES)
+        batch_end = (ld16(s->base + rec_end + AOF_R_FLAGS) & AOF_FLAG_COMMIT) != 0;
     out[AOF_COL_OFFSET * cap + i] = ld64(h + AOF_R_OFFSET);
     out[AOF_COL_LSN * cap + i] = ld64(h + AOF_R_LSN);
     out[AOF_COL_TIMESTAMP * cap + i] = ld64(h + AOF_R_TIMESTAMP);
     out[AOF_COL_KEY_ID * cap + i] = ld32(h + AOF_R_KEY_ID);
     out[AOF_COL_VSTART * cap + i] = pos + AOF_RECORD_HEADER_BYTES;
-    out[AOF_COL_VEND * cap + i] = pos + AOF_RECORD_HEADER_BYTES + ld32(h + AOF_R_LENGTH);
+    out[AOF_COL_VEND * cap + i] = rec_end;
+    out[AOF_COL_BATCH_END * cap + i] = batch_end;
 }
 
 /* Walks records from committed_end to end, indexing them; a batch counts once
@@ -1010,7 +1019,7 @@ static int load_record(const aof_seg *s, uint64_t pos, uint64_t end, uint32_t ke
                         "another record",
                         s->path ? s->path : "<buffer>", key_id, (unsigned long long)offset,
                         (unsigned long long)pos);
-    fill_rec(s, pos, out, cap, i);
+    fill_rec(s, pos, end, out, cap, i);
     return AOF_OK;
 }
 
@@ -1064,7 +1073,7 @@ int aof_seg_scan(aof_seg *s, uint64_t *pos, uint64_t min_lsn, uint64_t *out, siz
         }
         if (!(ld16(s->base + p + AOF_R_FLAGS) & AOF_FLAG_CONTROL) &&
             ld64(s->base + p + AOF_R_LSN) >= min_lsn)
-            fill_rec(s, p, out, cap, (*n)++);
+            fill_rec(s, p, end, out, cap, (*n)++);
         p = rec_end;
     }
     *pos = p;

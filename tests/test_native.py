@@ -201,13 +201,13 @@ def assert_reads(seg: Segment, model) -> None:
     """Every record of model reads back identical, one by one, by key range
     and in a whole-segment scan."""
     for kid, off, lsn, ts, value in model:
-        assert seg.read(kid, off) == (lsn, ts, value)
+        assert seg.read(kid, off)[:3] == (lsn, ts, value)
     for kid in {m[0] for m in model}:
         mine = [m for m in model if m[0] == kid]
-        assert list(zip(*seg.read_range(kid, 0, 1000))) == [m[1:] for m in mine]
+        assert list(zip(*seg.read_range(kid, 0, 1000)[:4])) == [m[1:] for m in mine]
         assert seg.key_range(kid) == (kid, 0, len(mine))
         assert seg.read(kid, len(mine)) is None
-    _, kids, offs, lsns, tss, vals = seg.scan(0, 0, 1000)
+    _, kids, offs, lsns, tss, vals, _ = seg.scan(0, 0, 1000)
     assert list(zip(kids, offs, lsns, tss, vals)) == model
 
 
@@ -520,7 +520,7 @@ def test_damaged_record_in_sealed_segment_is_reported_not_returned(sealed, tmp_p
     assert path in str(err.value)
     for kid, off, lsn, ts, value in MODEL:
         if (kid, off) != (1, 1):
-            assert seg.read(kid, off) == (lsn, ts, value)
+            assert seg.read(kid, off)[:3] == (lsn, ts, value)
     for call in (lambda: seg.read_range(1, 0, 10), lambda: seg.scan(0, 0, 1000)):
         with pytest.raises(aoflite.CorruptionError) as err:
             call()
@@ -545,7 +545,7 @@ def test_damaged_key_definition_is_reported(sealed, tmp_path):
     assert err.value.position == keydef.start
     assert seg.key_name(1) == "alpha"
     for kid, off, lsn, ts, value in MODEL:
-        assert seg.read(kid, off) == (lsn, ts, value)
+        assert seg.read(kid, off)[:3] == (lsn, ts, value)
     with pytest.raises(aoflite.CorruptionError) as err:
         seg.scan(0, 0, 1000)
     assert err.value.position == keydef.start
@@ -597,7 +597,7 @@ def test_index_pointing_at_the_wrong_record_is_caught(sealed, tmp_path):
         with pytest.raises(aoflite.CorruptionError, match="another record") as err:
             seg.read(1, off)
         assert err.value.position == pos
-    assert seg.read(1, 2) == next(m[2:] for m in MODEL if m[:2] == (1, 2))
+    assert seg.read(1, 2)[:3] == next(m[2:] for m in MODEL if m[:2] == (1, 2))
     with pytest.raises(aoflite.CorruptionError, match="index"):
         seg.verify()
 
@@ -635,11 +635,11 @@ def test_rolled_back_transaction_leaves_zeros_and_restores_counters(tmp_path):
     with open(path, "rb") as f:
         assert not any(f.read()[start:])
     assert append(w, 1, [b"after"], TS) == 1
-    assert seg.read(1, 1) == (2, TS, b"after")
+    assert seg.read(1, 1) == (2, TS, b"after", True)
     assert walk(seg.memory()[: seg.info().records_end].tobytes())[-1].start == start
     # the key the rolled-back transaction defined is defined afresh
     assert append(w, 3, [b"gamma-again"], TS) == 0
-    assert seg.key_name(3) == "gamma" and seg.read(3, 0) == (3, TS, b"gamma-again")
+    assert seg.key_name(3) == "gamma" and seg.read(3, 0) == (3, TS, b"gamma-again", True)
 
 
 def test_key_defined_in_an_open_transaction_is_named_for_its_owner(tmp_path):
@@ -777,7 +777,7 @@ def test_follower_sees_complete_batches_then_the_seal(tmp_path):
     assert follower.refresh().reason == "end" and follower.read(1, 1) is None
     w.end(True)
     follower.refresh()
-    assert follower.read(1, 1) == (2, TS, b"two")
+    assert follower.read(1, 1) == (2, TS, b"two", True)
     # records larger than the follower's read step arrive whole
     big = [bytes([i]) * 700_000 for i in range(1, 4)]
     append(w, 2, big[:1], TS)
@@ -789,7 +789,7 @@ def test_follower_sees_complete_batches_then_the_seal(tmp_path):
     w.detach()
     seg.seal()
     assert follower.refresh().reason == "sealed"
-    assert follower.read(1, 1) == (2, TS, b"two")
+    assert follower.read(1, 1) == (2, TS, b"two", True)
 
 
 def test_native_failpoint_names_match_the_sites():

@@ -28,7 +28,7 @@ def read_everything(seg: Segment) -> int:
     records = []
     pos = 0
     while True:
-        pos, kids, offs, lsns, tss, vals = seg.scan(pos, 0, 64)
+        pos, kids, offs, lsns, tss, vals, _ = seg.scan(pos, 0, 64)
         if not kids:
             break
         records += zip(kids, offs, lsns, tss, vals)
@@ -37,7 +37,7 @@ def read_everything(seg: Segment) -> int:
         if got is not None and got != (lsn, ts, val):
             raise AssertionError(f"key id {kid} offset {off}: read {got[:2]} differs from scan {(lsn, ts)}")
     for r in seg.keys():
-        offs, _, _, vals = seg.read_range(r.key_id, r.first_offset, 8)
+        offs, _, _, vals, _ = seg.read_range(r.key_id, r.first_offset, 8)
         if offs != list(range(r.first_offset, r.first_offset + len(offs))):
             raise AssertionError(f"key id {r.key_id}: read_range offsets {offs} are not consecutive")
     return len(records)
