@@ -16,6 +16,8 @@ __all__ = [
     "BackpressureError",
     "TransactionError",
     "StorageError",
+    "Tier2Error",
+    "Tier2NotFound",
 ]
 
 
@@ -79,3 +81,51 @@ class TransactionError(Error):
 class StorageError(Error, OSError):
     """A system call on the store's files failed (disk full, I/O error);
     ``errno`` is set. Nothing acknowledged before it is lost."""
+
+
+class Tier2Error(Error):
+    """An object-store (Tier 2) operation failed. ``reason`` says why, one
+    of ``REASONS``; ``retryable`` says whether trying again later can help
+    (a throttled or unreachable store) or not (bad credentials, a missing
+    bucket); ``op`` names the operation and ``attempts`` how many were made
+    before giving up."""
+
+    REASONS = (
+        "not_found",  # the object does not exist (Tier2NotFound)
+        "no_bucket",  # the bucket or directory does not exist
+        "auth",  # credentials rejected
+        "access_denied",  # credentials accepted, operation not allowed
+        "throttled",  # the store asked us to slow down (503 SlowDown, 429)
+        "unavailable",  # the store answered with a 5xx
+        "network",  # connection refused, reset, or cut short
+        "timeout",  # no answer in time
+        "truncated",  # fewer bytes arrived than the object holds
+        "checksum_mismatch",  # the bytes are not the ones that were put
+        "invalid_range",  # a byte range past the end of the object
+        "bad_metadata",  # an object without (or with unreadable) aoflite metadata
+        "rejected",  # any other refusal by the store
+        "io_error",  # a local file system call failed
+    )
+
+    def __init__(
+        self,
+        message: str,
+        reason: str,
+        retryable: bool,
+        op: str | None = None,
+        attempts: int = 1,
+    ):
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown tier 2 reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+        self.op = op
+        self.attempts = attempts
+
+
+class Tier2NotFound(Tier2Error, NotFound):
+    """The named object is not in the Tier 2 store. Never retryable."""
+
+    def __init__(self, message: str, op: str | None = None):
+        super().__init__(message, "not_found", False, op)

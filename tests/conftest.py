@@ -21,3 +21,13 @@ def db(store_path):
     handle = aoflite.open(store_path, segment_bytes=1 << 20)
     yield handle
     handle.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 server for the session (tests/s3server.py): a moto server on a
+    free loopback port, or the real one named by AOFLITE_TEST_S3_ENDPOINT."""
+    from s3server import s3_server as start_s3_server
+
+    with start_s3_server() as server:
+        yield server

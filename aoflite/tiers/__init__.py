@@ -1,0 +1,1 @@
+"""Tiers below the local segment files: compression and object-store backends."""
