@@ -19,6 +19,8 @@ from .errors import (
     ReadOnlyError,
     RecordTooLarge,
     StorageError,
+    Tier2Error,
+    Tier2NotFound,
     TransactionError,
 )
 from .record import Record
@@ -46,5 +48,7 @@ __all__ = [
     "BackpressureError",
     "TransactionError",
     "StorageError",
+    "Tier2Error",
+    "Tier2NotFound",
     "ConfigError",
 ]
