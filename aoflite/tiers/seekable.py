@@ -64,7 +64,10 @@ __all__ = [
 KiB = 1 << 10
 MiB = 1 << 20
 
-DEFAULT_LEVEL = 3
+# Level 1: on segments of small random-ish records it compressed at 285-360
+# MB/s against level 3's 125-185 here, with no worse a ratio; Tier 1 must
+# keep up with appends on one core.
+DEFAULT_LEVEL = 1
 DEFAULT_FRAME_BYTES = 1 * MiB
 # Smaller frames cost ratio (each starts with an empty window); larger ones
 # make a ranged read fetch and decompress more than it needs.
