@@ -294,6 +294,31 @@ class Reads:
                 names.add(self._keys.names[r.key_id])
         return sorted(names)
 
+    # ---------------------------------------------------- positions
+
+    def batch_end_at(self, lsn: int) -> bool:
+        """Whether the record at lsn ends its batch (ValueError when there
+        is no record at lsn)."""
+        for rec in self._scan_all(lsn):
+            if rec.lsn == lsn:
+                return rec.batch_end
+            break
+        raise ValueError(f"{self.path}: no record has LSN {lsn}")
+
+    def segment_spans(self) -> list[tuple[int, int, int]]:
+        """(first LSN, last LSN, bytes) of every segment, sealed and live."""
+        self.refresh()
+        spans = [(r.first_lsn, r.last_lsn, r.file_bytes) for r in self._manifest.segments() if r.state == "sealed"]
+        for seg in self.view.live:
+            info = seg.info()
+            if info.record_count:
+                spans.append((info.first_lsn, info.last_lsn, info.records_end))
+        return spans
+
+    def last_lsn(self) -> int:
+        """The LSN of the newest committed record (0: none)."""
+        return max((end for _, end, _ in self.segment_spans()), default=0)
+
     # ---------------------------------------------------- change feed
 
     def scan_all(self, start_lsn: int = 0) -> Iterator[Record]:

@@ -25,6 +25,7 @@ from typing import Any
 from . import backup as _backup
 from . import errors, layout
 from .config import Config
+from .cursors import Cursor, CursorInfo, Cursors
 from .failpoints import hit
 from .follow import Follower
 from .keys import Keys
@@ -126,6 +127,7 @@ class Store:
                 self._writes.start_flusher()
                 self.append = self._writes.append  # type: ignore[method-assign]
             self.read = reads.read  # type: ignore[method-assign]
+            self._cursors = Cursors(self.path, self._life.check, reads.batch_end_at, reads.last_lsn, reads.segment_spans)
         except BaseException:
             self._release()
             raise
@@ -232,13 +234,32 @@ class Store:
         (None: never); raises ClosedError if the store is closed meanwhile."""
         return self._reads.tail(key, start, timeout)
 
-    def tail_all(self, start_lsn: int = 0, timeout: float | None = None) -> Iterator[Record]:
+    def tail_all(
+        self, start_lsn: int = 0, timeout: float | None = None, *, cursor: str | None = None
+    ) -> Iterator[Record]:
         """Every record of every key from start_lsn on, in LSN order, like
         scan_all, then each new one as it is committed. Ends when no new
         record arrives for timeout seconds (None: never); raises
         ClosedError if the store is closed meanwhile. Stop or checkpoint
-        where ``batch_end`` is True to never split a transaction."""
+        where ``batch_end`` is True to never split a transaction.
+        ``cursor=name`` resumes after that cursor's saved LSN instead."""
+        if cursor is not None:
+            if start_lsn:
+                raise ValueError("give start_lsn or cursor, not both")
+            self._life.check()
+            start_lsn = self._cursors.lsn(cursor) + 1
         return self._reads.tail_all(start_lsn, timeout)
+
+    def cursor(self, name: str) -> Cursor:
+        """The named, durable consumer position name (created at its first
+        save; its lsn is 0 until then). Works on read-only handles too."""
+        self._life.check()
+        return Cursor(self._cursors, name)
+
+    def cursors(self) -> list[CursorInfo]:
+        """Every saved cursor with its LSN and how far it trails the store."""
+        self._life.check()
+        return self._cursors.list()
 
     def verify(self, segment_id: int | None = None) -> int:
         """Check sealed segments as they are on disk now: the file CRC, every
