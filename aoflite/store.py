@@ -19,7 +19,7 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from . import backup as _backup
@@ -51,6 +51,19 @@ def _disown_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+async def _in_thread(it: Iterator[Record]) -> AsyncIterator[Record]:
+    """Each next() of a blocking iterator in the loop's default executor."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    done = object()
+    while True:
+        rec = await loop.run_in_executor(None, next, it, done)
+        if rec is done:
+            return
+        yield rec  # type: ignore[misc]
 
 
 def open(
@@ -249,6 +262,18 @@ class Store:
             self._life.check()
             start_lsn = self._cursors.lsn(cursor) + 1
         return self._reads.tail_all(start_lsn, timeout)
+
+    def atail(self, key: str, start: int = 0, timeout: float | None = None) -> AsyncIterator[Record]:
+        """tail() as an async iterator: the waiting happens in a worker
+        thread, never on the event loop."""
+        return _in_thread(self.tail(key, start, timeout))
+
+    def atail_all(
+        self, start_lsn: int = 0, timeout: float | None = None, *, cursor: str | None = None
+    ) -> AsyncIterator[Record]:
+        """tail_all() as an async iterator: the waiting happens in a worker
+        thread, never on the event loop."""
+        return _in_thread(self.tail_all(start_lsn, timeout, cursor=cursor))
 
     def cursor(self, name: str) -> Cursor:
         """The named, durable consumer position name (created at its first

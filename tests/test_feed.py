@@ -135,3 +135,34 @@ def test_tail_all_from_another_process_across_rolls(store_path):
 def test_tail_all_rejects_bad_start(db, bad):
     with pytest.raises((ValueError, TypeError)):
         db.tail_all(bad)
+
+
+def test_atail_all_and_atail_do_not_block_the_event_loop(store_path):
+    import asyncio
+
+    db = aoflite.open(store_path, durability="off")
+    db.append("k", b"0")
+
+    async def main():
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        t = asyncio.create_task(ticker())
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, db.append, "k", b"1")
+        got = [r.value async for r in db.atail_all(timeout=0.4)]
+        keyed = [r.offset async for r in db.atail("k", start=1, timeout=0.05)]
+        stop.set()
+        await t
+        return got, keyed, ticks
+
+    got, keyed, ticks = asyncio.run(main())
+    assert got == [b"0", b"1"] and keyed == [1]
+    assert ticks >= 20  # the loop kept running while the tails waited
+    db.close()
