@@ -32,6 +32,9 @@ from .segment import Feed, Segment, Writer
 __all__ = ["Writes"]
 
 
+_TS_END = 1 << 63  # timestamps are i64 milliseconds
+
+
 def _refused(*args: Any) -> int:
     # the hot path's calls on a refusing handle: the slow path raises why
     return Writer.AOF_ECLOSED
@@ -144,8 +147,14 @@ class Writes:
             kid = self._ids.get(key)
         except TypeError:  # an unhashable key: the slow path says what is wrong
             kid = None
-        if kid is not None and value.__class__ is bytes and timestamp_ms is None:
-            off = self._append_fn(kid, value, len(value), -1)
+        if kid is not None and value.__class__ is bytes:
+            if timestamp_ms is None:
+                ts = -1
+            elif timestamp_ms.__class__ is int and 0 <= timestamp_ms < _TS_END:
+                ts = timestamp_ms
+            else:
+                return self._append_slow(key, value, timestamp_ms)
+            off = self._append_fn(kid, value, len(value), ts)
             if off >= 0:
                 if self._full and self._tx_owner != threading.get_ident():
                     self._sync_or_raise()
