@@ -59,6 +59,7 @@ EVENT_TYPES = (
     "TailRecovered",
     "SegmentAdopted",
     "SegmentDiscarded",
+    "SettingChanged",
 )
 
 _U32 = struct.Struct(">I")
@@ -276,6 +277,25 @@ class Manifest:
             txn.put(b"created_ms", str(_now_ms()).encode(), db=meta)
             txn.put(b"next_key_id", b"1", db=meta)
             self._event(txn, "StoreCreated", store_id=store_id)
+
+    def settings(self, names: tuple[str, ...]) -> dict[str, int]:
+        """The recorded values of store-shaping settings (missing: never recorded)."""
+        out = {}
+        for name in names:
+            v = self.get_meta(f"setting.{name}")
+            if v is not None:
+                out[name] = int(v)
+        return out
+
+    def record_settings(self, changes: dict[str, tuple[int | None, int]]) -> None:
+        """Record settings (name -> (old or None, new)); a change of a value
+        already recorded goes into the ledger."""
+        with self._write() as txn:
+            meta = self._dbs["meta"]
+            for name, (old, new) in changes.items():
+                txn.put(f"setting.{name}".encode(), str(new).encode(), db=meta)
+                if old is not None:
+                    self._event(txn, "SettingChanged", setting=name, old=old, new=new)
 
     # ------------------------------------------------------------- keys
 

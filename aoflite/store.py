@@ -37,6 +37,9 @@ from .writes import Writes
 
 __all__ = ["Store", "open"]
 
+#: Settings that shape the files: the store records them (see _settle_settings).
+_SHAPING = ("segment_bytes", "max_record_bytes")
+
 # Every open handle, so a forked child can disown the ones it inherited.
 _handles: weakref.WeakSet[Store] = weakref.WeakSet()
 # What inherited handles hold (C writer, maps, locks): a child keeps them
@@ -51,6 +54,17 @@ def _disown_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+def _allocated_bytes(root: str) -> int:
+    total = 0
+    for top, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_blocks * 512
+            except FileNotFoundError:
+                pass  # a temporary file that went away meanwhile
+    return total
 
 
 async def _in_thread(it: Iterator[Record]) -> AsyncIterator[Record]:
@@ -85,21 +99,26 @@ def open(
     """
     if config is None:
         config = Config()
+        explicit: set[str] = set()
     elif not isinstance(config, Config):
         raise TypeError(f"config must be an aoflite.Config, not {type(config).__name__}")
+    else:
+        defaults = Config().flat()
+        explicit = {name for name, value in config.flat().items() if value != defaults[name]}
     if durability is not None:
         overrides["durability"] = durability
     if overrides:
         config = config.evolve(**overrides)
+        explicit |= set(overrides)
     if not isinstance(readonly, bool):
         raise TypeError("readonly must be True or False")
-    return Store(os.fspath(path), readonly=readonly, config=config)
+    return Store(os.fspath(path), readonly=readonly, config=config, explicit=frozenset(explicit))
 
 
 class Store:
     """An open aoflite store. Thread-safe. Use ``aoflite.open`` to get one."""
 
-    def __init__(self, path: str, *, readonly: bool, config: Config):
+    def __init__(self, path: str, *, readonly: bool, config: Config, explicit: frozenset[str] = frozenset()):
         self.path = os.path.abspath(path)
         self.readonly = readonly
         self.config = config
@@ -131,6 +150,7 @@ class Store:
                 self._manifest = Manifest(layout.manifest_dir(self.path), create=not readonly)
                 if self._manifest.get_meta("store_id") is None and not readonly:
                     self._manifest.init_store(store_id, layout.FORMAT_VERSION)
+            config = self.config = self._settle_settings(config, explicit, readonly)
             keys = Keys(self._manifest, lambda: reads.live())
             reads = self._reads = Reads(self.path, store_id, self._manifest, keys, config, self._life)
             if readonly:
@@ -151,6 +171,25 @@ class Store:
         _handles.add(self)
 
     # ------------------------------------------------------------ rooms
+
+    def _settle_settings(self, config: Config, explicit: frozenset[str], readonly: bool) -> Config:
+        """Settings that shape the files are the store's: recorded at
+        creation, used when an open does not name them, and changed (for
+        new segments, with a ledger event) when one names a new value."""
+        recorded = self._manifest.settings(_SHAPING)
+        flat = config.flat()
+        changes: dict[str, tuple[int | None, int]] = {}
+        keep: dict[str, int] = {}
+        for name in _SHAPING:
+            if name not in recorded:
+                changes[name] = (None, flat[name])
+            elif name in explicit and recorded[name] != flat[name]:
+                changes[name] = (recorded[name], flat[name])
+            else:
+                keep[name] = recorded[name]
+        if changes and not readonly:
+            self._manifest.record_settings(changes)
+        return config.evolve(**keep) if keep else config
 
     def _writer_side(self) -> Writes:
         self._life.check()
@@ -319,6 +358,10 @@ class Store:
             "unsynced_bytes": 0,
             "open_segments": self._reads.cached_segments(),
             "last_flush_error": None,
+            # what the store's files hold, and what they take on disk (as
+            # du counts: allocated blocks, preallocation included)
+            "data_bytes": sum(size for _, _, size in self._reads.segment_spans()),
+            "disk_bytes": _allocated_bytes(self.path),
         }
         if self._writes is not None:
             out.update(self._writes.stats())
