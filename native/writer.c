@@ -355,8 +355,8 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
     wkey *wk = &w->keys[key_id];
     uint64_t first = wk->next_offset, pos = start_pos;
     aof_keyidx *k = NULL;
-    if ((rc = room(w, s, need, !out.stage))) goto out;
-    if ((rc = define_in_segment(w, s, key_id, &k))) goto undo;
+    if ((rc = room(w, s, need, !out.stage)) == AOF_EFULL) goto out; /* roll and retry: not a failure */
+    if (rc || (rc = define_in_segment(w, s, key_id, &k))) goto undo;
     pos = s->write_pos;
     int64_t ts = timestamp_ms < 0 ? aof_now_ms() : timestamp_ms;
     const char *p = buf;
@@ -383,10 +383,11 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
     }
     if (!rc) rc = sink_flush(&out);
     s->write_pos = pos;
-    if (out.stage && pos > s->populated) {
+    uint64_t filled = pos & ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
+    if (out.stage && filled > s->populated) {
         /* pwrite filled these pages: prefaulting them again later would
          * cost a fault per page for nothing */
-        s->populated = pos & ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
+        s->populated = filled;
     }
     if (rc) goto undo;
     if (w->tx_active) s->pending += n;

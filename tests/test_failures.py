@@ -262,3 +262,18 @@ def test_sealed_segment_cache_is_least_recently_used(store_path):
 def test_feed_file_lives_beside_the_manifest(store_path):
     aoflite.open(store_path).close()
     assert os.path.getsize(layout.feed_path(store_path)) == 4096
+
+
+def test_a_full_disk_growing_a_transaction_fails_the_transaction(store_path):
+    db = aoflite.open(store_path, durability="full", segment_bytes=MiB)
+    db.append("k", b"before")
+    with pytest.raises(aoflite.StorageError, match="rolled back"):
+        with db.transaction():
+            db.append("k", b"small")
+            failpoints.io_error("seg.fallocate", 1, errno.ENOSPC)
+            with pytest.raises(aoflite.StorageError):
+                db.append("k", b"x" * (2 * MiB))  # grows the segment: the disk is "full"
+            failpoints.io_reset()
+    assert db.append("k", b"after") == 1
+    db.close()
+    assert [v for _, _, v in _records(store_path)] == [b"before", b"after"]
