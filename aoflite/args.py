@@ -7,7 +7,11 @@ from typing import Any
 
 from .segment import MAX_KEY_BYTES
 
-__all__ = ["U64_END", "check_key", "check_offset", "check_timestamp", "check_timeout", "as_bytes"]
+__all__ = ["BytesLike", "U64_END", "check_key", "check_offset", "check_timestamp", "check_timeout", "as_bytes"]
+
+#: What the append calls take as a value (anything memoryview() accepts
+#: works at run time; these are the types callers are told about).
+BytesLike = bytes | bytearray | memoryview
 
 U64_END = 1 << 64  # offsets, LSNs and segment ids are u64 in the format
 

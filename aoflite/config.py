@@ -10,6 +10,7 @@ setting raises ConfigError (a ValueError) naming it.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -35,8 +36,12 @@ class ConfigError(Error, ValueError):
     """An unknown or out-of-range setting."""
 
 
-def _int_range(lo: int, hi: int):
-    def check(inst, attr, value):
+#: An attrs validator: (instance, attribute, value), raising when value is bad.
+_Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _int_range(lo: int, hi: int) -> _Validator:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         if type(value) is not int:
             raise ConfigError(f"setting {attr.name}: expected an integer, got {value!r}")
         if not lo <= value <= hi:
@@ -45,8 +50,8 @@ def _int_range(lo: int, hi: int):
     return check
 
 
-def _one_of(choices: tuple[str, ...], name: str):
-    def check(inst, attr, value):
+def _one_of(choices: tuple[str, ...], name: str) -> _Validator:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
             raise ConfigError(f"setting {name}={value!r} must be one of {', '.join(choices)}")
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from . import errors, layout
@@ -55,7 +56,14 @@ class Cursors:
     """The cursors of one store; ``batch_end_at(lsn)`` answers whether a
     record ends its batch (from the read path)."""
 
-    def __init__(self, root: str, check, batch_end_at, last_lsn, segments):
+    def __init__(
+        self,
+        root: str,
+        check: Callable[[], None],
+        batch_end_at: Callable[[int], bool],
+        last_lsn: Callable[[], int],
+        segments: Callable[[], list[tuple[int, int, int]]],
+    ):
         self.root = root
         self._check = check  # raises once the handle is closed or refusing
         self._batch_end_at = batch_end_at

@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import TextIO
 
 from . import open as open_store
 from .layout import segment_path
@@ -31,7 +32,7 @@ def _reading(device: int, seq: int, rng: random.Random) -> bytes:
     return f'{{"device":{device},"seq":{seq},"temp_c":{temp:.2f},"ok":true}}'.encode()
 
 
-def run(path: str, records: int, keys: int, out=sys.stdout, seed: int = 7) -> dict[str, float]:
+def run(path: str, records: int, keys: int, out: TextIO = sys.stdout, seed: int = 7) -> dict[str, float]:
     """Write the workload to a new store at path and report on it; returns
     the measured rates."""
     rng = random.Random(seed)
@@ -106,17 +107,18 @@ def run(path: str, records: int, keys: int, out=sys.stdout, seed: int = 7) -> di
         segments = db.manifest.segments()
         print(f"\n{len(segments)} segments (sealed ones are immutable; one stays active):", file=out)
         print(f"  {'id':>4} {'state':<7} {'records':>9} {'LSNs':>21} {'bytes on disk':>14}", file=out)
-        for rec in segments:
-            size = os.path.getsize(segment_path(path, rec.segment_id))
-            lsns = f"{rec.first_lsn}-{rec.last_lsn}" if rec.record_count else "-"
-            print(f"  {rec.segment_id:>4} {rec.state:<7} {rec.record_count:>9,} {lsns:>21} {size:>14,}", file=out)
-        busiest = sorted(expected, key=expected.get, reverse=True)[:5]
+        for srec in segments:
+            size = os.path.getsize(segment_path(path, srec.segment_id))
+            lsns = f"{srec.first_lsn}-{srec.last_lsn}" if srec.record_count else "-"
+            print(f"  {srec.segment_id:>4} {srec.state:<7} {srec.record_count:>9,} {lsns:>21} {size:>14,}", file=out)
+        busiest = sorted(expected, key=expected.__getitem__, reverse=True)[:5]
         print("\nbusiest devices (records, and which segments hold them):", file=out)
         for name in busiest:
             kid, _ = db.manifest.lookup_key(name) or (0, 0)
             where = sorted({seg for _, seg, _, _ in db.manifest.key_ranges(kid)})
             last = db.last(name)
-            print(f"  {name}: {db.count(name):,} records in segments {where}; last lsn {last.lsn}", file=out)
+            newest = last.lsn if last is not None else "-"  # a device with no readings (few records, many keys)
+            print(f"  {name}: {db.count(name):,} records in segments {where}; last lsn {newest}", file=out)
         events = list(db.manifest.ledger())
         kinds: dict[str, int] = {}
         for e in events:

@@ -66,10 +66,10 @@ class Follower:
             # segment ids are consecutive: the writer's next file is newest + 1,
             # on disk before the manifest records it
             while os.path.exists(layout.segment_path(self.path, self._newest + 1)):
-                seg = self._follow(self._newest + 1)
-                if seg is None:
+                new = self._follow(self._newest + 1)
+                if new is None:
                     break
-                live += (seg,)
+                live += (new,)
                 self._newest += 1
             if changed or live is not self._reads.view.live:
                 self._reads.publish(live, keep_ranges=not changed)

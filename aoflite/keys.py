@@ -13,7 +13,7 @@ from .segment import Segment
 __all__ = ["Keys"]
 
 
-class _Names(dict):
+class _Names(dict[int, str]):
     """key_id -> name, filled on demand from the manifest or live segments."""
 
     def __init__(self, manifest: Manifest, live: Callable[[], Iterable[Segment]]):

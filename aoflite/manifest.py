@@ -215,7 +215,7 @@ class Manifest:
                 self._idle.notify_all()
 
     @contextlib.contextmanager
-    def _read(self, table: str) -> Iterator[lmdb.Transaction]:
+    def _read(self, table: str) -> Iterator[lmdb.Transaction[bytes]]:
         """A read transaction on one table."""
         self._enter()
         try:
@@ -227,7 +227,7 @@ class Manifest:
             self._leave()
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[lmdb.Transaction]:
+    def _write(self) -> Iterator[lmdb.Transaction[bytes]]:
         """A write transaction, committed when the block ends without error.
         A failed commit leaves the manifest as it was (LMDB commits are
         atomic) and raises StorageError."""
@@ -357,7 +357,7 @@ class Manifest:
             cur = txn.cursor()
             if not cur.set_range(_U64.pack(lsn)):
                 return None
-            return _U64.unpack(cur.value())[0]
+            return int(_U64.unpack(cur.value())[0])
 
     def key_ranges(self, key_id: int) -> list[tuple[int, int, int, int]]:
         """The key's sealed ranges in offset order: (last_offset, segment_id,
@@ -406,8 +406,8 @@ class Manifest:
         transaction, the segment that replaces it as active."""
         with self._write() as txn:
             keys, key_names = self._dbs["keys"], self._dbs["key_names"]
-            for key_id, name in names.items():
-                txn.put(_U32.pack(key_id), name.encode(), db=key_names)
+            for key_id, new_name in names.items():
+                txn.put(_U32.pack(key_id), new_name.encode(), db=key_names)
             for key_id, first, count in ranges:
                 name = names.get(key_id)
                 if name is None:
@@ -455,7 +455,7 @@ class Manifest:
         with self._write() as txn:
             return self._event(txn, event, **fields)
 
-    def _event(self, txn, event: str, **fields: Any) -> int:
+    def _event(self, txn: lmdb.Transaction[bytes], event: str, **fields: Any) -> int:
         if event not in EVENT_TYPES:
             raise ValueError(f"unknown ledger event {event!r}")
         ledger = self._dbs["ledger"]

@@ -235,8 +235,8 @@ class Reads:
             got = seg.read(kid, offset)
             if got is not None:
                 return got
-        seg = self._sealed_segment_of(view, kid, offset)
-        return seg.read(kid, offset) if seg is not None else None
+        sealed = self._sealed_segment_of(view, kid, offset)
+        return sealed.read(kid, offset) if sealed is not None else None
 
     def scan(self, key: str, start: int = 0, stop: int | None = None) -> Iterator[Record]:
         """See Store.scan."""

@@ -12,7 +12,8 @@ import functools
 from array import array
 import os
 import threading
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -57,7 +58,8 @@ STOP_REASONS = {
 
 def crc32c(data: bytes, crc: int = 0) -> int:
     """CRC32C of data (unmasked), continuing from crc."""
-    return lib.aof_crc32c(crc, data, len(data))
+    value: int = lib.aof_crc32c(crc, data, len(data))
+    return value
 
 
 def crc32c_hardware() -> bool:
@@ -99,17 +101,20 @@ def arm_native_failpoint(name: str, skip: int, kill: bool) -> None:
 
 def native_failpoint_names() -> list[str]:
     """Names of the failpoints in the C engine."""
-    return ffi.string(lib.aof_failpoint_names()).decode().split()
+    names: bytes = ffi.string(lib.aof_failpoint_names())
+    return names.decode().split()
 
 
 def native_pause_names() -> list[str]:
     """Names of the C points that only race tests pause at."""
-    return ffi.string(lib.aof_pause_names()).decode().split()
+    names: bytes = ffi.string(lib.aof_pause_names())
+    return names.decode().split()
 
 
 def native_io_sites() -> list[str]:
     """Kinds of system call the C engine can be made to fail."""
-    return ffi.string(lib.aof_iofail_names()).decode().split()
+    names: bytes = ffi.string(lib.aof_iofail_names())
+    return names.decode().split()
 
 
 def arm_native_io(site: str | None, nth: int, times: int, err: int) -> None:
@@ -138,7 +143,7 @@ def arm_native_pause(name: str) -> None:
 
 def wait_native_pause(name: str, timeout: float) -> bool:
     """True once a thread is blocked at name (within timeout seconds)."""
-    return lib.aof_pause_wait(name.encode(), max(0, int(timeout * 1000))) == 0
+    return bool(lib.aof_pause_wait(name.encode(), max(0, int(timeout * 1000))) == 0)
 
 
 def release_native_pause(name: str | None) -> None:
@@ -209,15 +214,21 @@ class SegmentInfo(NamedTuple):
     file_crc: int
 
 
+#: What read_range returns: offsets, lsns, timestamps, values, batch ends.
+RowColumns = tuple[list[int], list[int], list[int], list[bytes], list[bool]]
+
+
 class KeyRange(NamedTuple):
     """One key's records inside one segment."""
 
     key_id: int
     first_offset: int
-    count: int
+    # named as in the C struct; shadowing tuple.count is harmless here (no
+    # caller counts a KeyRange's items), but it is an incompatible override
+    count: int  # type: ignore[assignment]
 
 
-def _report(rep) -> ScanReport:
+def _report(rep: Any) -> ScanReport:
     return ScanReport(
         int(rep.valid_end),
         int(rep.stop_pos),
@@ -227,7 +238,7 @@ def _report(rep) -> ScanReport:
     )
 
 
-def _path(path: str | os.PathLike) -> bytes:
+def _path(path: str | os.PathLike[str]) -> bytes:
     return os.fsencode(path)
 
 
@@ -236,7 +247,7 @@ class _Columns:
     """A reusable output block for reads: AOF_COLS columns of cap values."""
 
     cap: int
-    arr: object
+    arr: Any  # a cffi uint64_t[]: pointer arithmetic picks a column
 
     @classmethod
     def new(cls, cap: int) -> _Columns:
@@ -269,7 +280,7 @@ class Feed:
         return int(lib.aof_feed_generation(self._ptr))
 
 
-def _feed_ptr(feed: Feed | None):
+def _feed_ptr(feed: Feed | None) -> Any:
     return feed._ptr if feed is not None else ffi.NULL
 
 
@@ -280,7 +291,7 @@ class Segment:
 
     __slots__ = ("path", "_ptr", "_buf", "_tls", "_feed", "__weakref__")
 
-    def __init__(self, ptr, path: str, feed: Feed | None = None):
+    def __init__(self, ptr: Any, path: str, feed: Feed | None = None):
         self.path = path
         self._feed = feed  # the C segment points at it: keep it alive as long
         self._ptr = ffi.gc(ptr, lib.aof_seg_free)
@@ -388,14 +399,8 @@ class Segment:
         rc = lib.aof_seg_key_name(self._ptr, key_id, buf, MAX_KEY_BYTES, n)
         if rc:
             _raise(rc, self.path, f"reading key id {key_id} in {self.path}")
-        return ffi.unpack(buf, n[0]).decode("utf-8")
-
-    def _cols(self, cap: int) -> _Columns:
-        cols = self._tls.__dict__.get(cap)
-        if cols is None:
-            cols = _Columns.new(cap)
-            self._tls.__dict__[cap] = cols
-        return cols
+        name: bytes = ffi.unpack(buf, n[0])
+        return name.decode("utf-8")
 
     def read(self, key_id: int, offset: int) -> tuple[int, int, bytes, bool] | None:
         """(lsn, timestamp_ms, value, batch_end) of one record, or None if
@@ -411,7 +416,7 @@ class Segment:
         _, lsn, ts, _, vs, ve, end = ffi.unpack(out[0], COLS)
         return lsn, ts, self._buf[vs:ve], end == 1
 
-    def read_range(self, key_id: int, offset: int, cap: int):
+    def read_range(self, key_id: int, offset: int, cap: int) -> RowColumns:
         """Columns (offsets, lsns, timestamps, values, batch ends) of up to
         cap records of key_id from offset on; empty when offset is not here."""
         cols = _Columns.new(cap)
@@ -421,7 +426,9 @@ class Segment:
             _raise(rc, self.path, f"reading key id {key_id} from offset {offset}")
         return self._columns(cols, n[0])
 
-    def scan(self, pos: int, min_lsn: int, cap: int):
+    def scan(
+        self, pos: int, min_lsn: int, cap: int
+    ) -> tuple[int, list[int], list[int], list[int], list[int], list[bytes], list[bool]]:
         """Data records in file order from byte pos: (next_pos, key_ids,
         offsets, lsns, timestamps, values, batch ends)."""
         cols = _Columns.new(cap)
@@ -431,10 +438,10 @@ class Segment:
         if rc:
             _raise(rc, self.path, f"scanning {self.path}")
         offs, lsns, tss, vals, ends = self._columns(cols, n[0])
-        kids = ffi.unpack(cols.arr + lib.AOF_COL_KEY_ID * cap, n[0])
+        kids: list[int] = ffi.unpack(cols.arr + lib.AOF_COL_KEY_ID * cap, n[0])
         return p[0], kids, offs, lsns, tss, vals, ends
 
-    def _columns(self, cols: _Columns, n: int):
+    def _columns(self, cols: _Columns, n: int) -> RowColumns:
         if not n:
             return [], [], [], [], []
         offs, lsns, tss, _, vs, ve, ends = cols.rows(n)
@@ -442,7 +449,7 @@ class Segment:
         return offs, lsns, tss, vals, list(map(bool, ends))
 
 
-def _info(i) -> SegmentInfo:
+def _info(i: Any) -> SegmentInfo:
     return SegmentInfo(
         int(i.store_id),
         int(i.segment_id),
@@ -477,16 +484,17 @@ class Writer:
         self._feed = feed  # the C writer points at it: keep it alive as long
         self._ptr = ffi.gc(out[0], lib.aof_writer_free)
         self.segment: Segment | None = None
-        self.append_fn = functools.partial(lib.aof_writer_append, self._ptr)
-        self.sync_fn = functools.partial(lib.aof_writer_sync, self._ptr, ffi.NULL)
+        # (key_id, value, len(value), timestamp_ms or -1) -> offset or AOF_E*
+        self.append_fn: Callable[[int, bytes, int, int], int] = functools.partial(lib.aof_writer_append, self._ptr)
+        self.sync_fn: Callable[[], int] = functools.partial(lib.aof_writer_sync, self._ptr, ffi.NULL)
 
-    AOF_EFULL = lib.AOF_EFULL
-    AOF_ENOSEG = lib.AOF_ENOSEG
-    AOF_ENOKEY = lib.AOF_ENOKEY
-    AOF_ECLOSED = lib.AOF_ECLOSED
-    AOF_EREADONLY = lib.AOF_EREADONLY
-    AOF_EBROKEN = lib.AOF_EBROKEN
-    AOF_ETIMEDOUT = lib.AOF_ETIMEDOUT
+    AOF_EFULL: int = lib.AOF_EFULL
+    AOF_ENOSEG: int = lib.AOF_ENOSEG
+    AOF_ENOKEY: int = lib.AOF_ENOKEY
+    AOF_ECLOSED: int = lib.AOF_ECLOSED
+    AOF_EREADONLY: int = lib.AOF_EREADONLY
+    AOF_EBROKEN: int = lib.AOF_EBROKEN
+    AOF_ETIMEDOUT: int = lib.AOF_ETIMEDOUT
 
     @staticmethod
     def fail(rc: int, what: str) -> None:
@@ -514,15 +522,17 @@ class Writer:
         seg, self.segment = self.segment, None
         return seg
 
-    def append_many(self, key_id: int, buf, lens, n: int, timestamp_ms: int) -> int:
-        """Append n records laid back to back in buf; returns the first offset."""
-        r = lib.aof_writer_append_many(self._ptr, key_id, buf, lens, n, timestamp_ms)
+    def append_many(self, key_id: int, buf: bytes, lens: Any, n: int, timestamp_ms: int) -> int:
+        """Append n records laid back to back in buf (lens: from lens_array);
+        returns the first offset."""
+        r: int = lib.aof_writer_append_many(self._ptr, key_id, buf, lens, n, timestamp_ms)
         return r
 
     def begin_rc(self) -> int:
         """Open a transaction owned by the calling thread; returns the raw
         status (AOF_EFULL: roll first; AOF_ENOSEG: a roll is under way)."""
-        return lib.aof_writer_begin(self._ptr)
+        rc: int = lib.aof_writer_begin(self._ptr)
+        return rc
 
     def end(self, commit: bool) -> None:
         """Commit or roll back the calling thread's transaction."""
@@ -540,7 +550,7 @@ class Writer:
 
     def wait_dirty(self, timeout_ms: int) -> int:
         """Background flusher: 0 when there is something to sync, else a code."""
-        return lib.aof_writer_wait_dirty(self._ptr, timeout_ms)
+        return int(lib.aof_writer_wait_dirty(self._ptr, timeout_ms))
 
     def wait_commit(self, gen: int, timeout_ms: int) -> int:
         """Tailers: wait for a commit after generation gen; returns the new one."""
@@ -581,7 +591,7 @@ class Writer:
             _raise(rc, None, "closing the writer")
 
     @staticmethod
-    def lens_array(lengths):
+    def lens_array(lengths: Iterable[int]) -> Any:
         """A C view of record lengths for append_many (an array('Q') is
         viewed in place; anything else is copied)."""
         if isinstance(lengths, array) and lengths.typecode == "Q":
@@ -589,7 +599,7 @@ class Writer:
         return ffi.new("uint64_t[]", list(lengths))
 
     @staticmethod
-    def from_buffer(value):
+    def from_buffer(value: bytes | bytearray | memoryview) -> Any:
         """A zero-copy C view of any bytes-like object."""
         return ffi.from_buffer(value)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import backup as _backup
 from . import errors, layout
+from .args import BytesLike
 from .config import Config
 from .cursors import Cursor, CursorInfo, Cursors
 from .failpoints import hit
@@ -72,12 +73,12 @@ async def _in_thread(it: Iterator[Record]) -> AsyncIterator[Record]:
     import asyncio
 
     loop = asyncio.get_running_loop()
-    done = object()
     while True:
-        rec = await loop.run_in_executor(None, next, it, done)
-        if rec is done:
+        # None marks the end: iterators of records never yield None
+        rec: Record | None = await loop.run_in_executor(None, next, it, None)
+        if rec is None:
             return
-        yield rec  # type: ignore[misc]
+        yield rec
 
 
 def open(
@@ -211,13 +212,13 @@ class Store:
 
     # ---------------------------------------------------------- writing
 
-    def append(self, key: str, value: bytes, *, timestamp_ms: int | None = None) -> int:
+    def append(self, key: str, value: BytesLike, *, timestamp_ms: int | None = None) -> int:
         """Append value to key's log; returns its offset (dense from 0).
 
         Durable on return in "full" mode; otherwise see commit()."""
         return self._writer_side().append(key, value, timestamp_ms=timestamp_ms)
 
-    def append_many(self, key: str, values: Iterable[bytes]) -> range:
+    def append_many(self, key: str, values: Iterable[BytesLike]) -> range:
         """Append every value to key's log as one atomic batch: after a crash
         all of them are there or none. Returns the range of their offsets."""
         return self._writer_side().append_many(key, values)

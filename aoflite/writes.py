@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import errors, layout, recovery
-from .args import as_bytes, check_key, check_timestamp
+from .args import BytesLike, as_bytes, check_key, check_timestamp
 from .config import Config
 from .failpoints import hit
 from .keys import Keys
@@ -141,7 +141,7 @@ class Writes:
 
     # ------------------------------------------------------- appending
 
-    def append(self, key: str, value: bytes, *, timestamp_ms: int | None = None) -> int:
+    def append(self, key: str, value: BytesLike, *, timestamp_ms: int | None = None) -> int:
         """See Store.append."""
         try:
             kid = self._ids.get(key)
@@ -219,7 +219,7 @@ class Writes:
             self._register(kid, key, count)
             return kid
 
-    def append_many(self, key: str, values: Iterable[bytes]) -> range:
+    def append_many(self, key: str, values: Iterable[BytesLike]) -> range:
         """See Store.append_many."""
         w = self._check()
         check_key(key)
@@ -413,7 +413,7 @@ class Writes:
         }
 
 
-def _flush_loop(w: Writer, interval_ms: int, writes_ref: weakref.ref) -> None:
+def _flush_loop(w: Writer, interval_ms: int, writes_ref: weakref.ref[Writes]) -> None:
     """Background flusher for durability="normal"."""
     while True:
         rc = w.wait_dirty(interval_ms)

@@ -301,8 +301,8 @@ class S3Backend:
         if isinstance(exc, ServerError):
             return classify_http(exc.status_code, None, f"{where}: HTTP {exc.status_code}")
         if isinstance(exc, InvalidResponseError):
-            status = getattr(exc, "_code", None)  # minio keeps the HTTP status only there
-            return classify_http(status if isinstance(status, int) else None, None, f"{where}: {exc}")
+            code = getattr(exc, "_code", None)  # minio keeps the HTTP status only there
+            return classify_http(code if isinstance(code, int) else None, None, f"{where}: {exc}")
         if isinstance(exc, urllib3.exceptions.NewConnectionError):  # before TimeoutError: it subclasses it
             return Tier2Error(f"{where}: cannot connect to {self.endpoint}: {exc}", "network", True)
         if isinstance(exc, urllib3.exceptions.TimeoutError):

@@ -105,7 +105,9 @@ class Frame(NamedTuple):
     """One zstd frame: where it lies in the compressed file and which bytes
     of the original it holds."""
 
-    index: int
+    # the frame's number, as the format calls it; shadowing tuple.index is
+    # harmless here (nothing searches a Frame), but it is an incompatible override
+    index: int  # type: ignore[assignment]
     compressed_pos: int
     compressed_bytes: int
     original_pos: int
@@ -164,7 +166,7 @@ class SeekTable:
         if descriptor & _RESERVED_BITS:
             raise _corrupt(name, file_size - 5, f"seek table descriptor {descriptor:#04x} has reserved bits set")
         entry = 12 if descriptor & _ENTRY_CHECKSUM_FLAG else 8
-        size = _U32X2.size + count * entry + _FOOTER.size
+        size = _U32X2.size + int(count) * entry + _FOOTER.size
         if size > file_size:
             what = f"a seek table of {count} frames takes {size} bytes, more than the file's {file_size}"
             raise _corrupt(name, file_size - 9, what)
@@ -439,7 +441,7 @@ def compress_segment(
     src_name = os.fsdecode(src_path)
     if verify:
         _check_sealed(src_name, src_name)
-    option = {pyzstd.CParameter.compressionLevel: level, pyzstd.CParameter.checksumFlag: 1}
+    option: dict[int, int] = {pyzstd.CParameter.compressionLevel: level, pyzstd.CParameter.checksumFlag: 1}
     crc = original = 0
     with open(src_path, "rb", buffering=0) as src, _atomic_file(dst_path) as out:
         with pyzstd.SeekableZstdFile(out, "w", level_or_option=option, max_frame_content_size=frame_bytes) as zf:
@@ -448,7 +450,9 @@ def compress_segment(
                 original += len(chunk)
                 zf.write(chunk)
             zf.flush(zf.FLUSH_FRAME)  # so the count below includes the last frame
-            frames = zf.seek_table_info[0]
+            table = zf.seek_table_info
+            assert table is not None  # None only once the file is closed
+            frames = table[0]
         compressed = out.tell()
     return CompressedInfo(compressed, original, frames, crc)
 
