@@ -64,7 +64,7 @@ NAMES = (
 )
 
 #: Python points only race tests pause at (never crash points).
-_PY_PAUSE_NAMES = ("ranges.after_load", "scan_all.segment_end")
+_PY_PAUSE_NAMES = ("ranges.after_load", "scan_all.segment_end", "segment_after.view_taken")
 #: Every pause-only point, Python and C.
 PAUSE_NAMES = _PY_PAUSE_NAMES + tuple(_native.native_pause_names())
 

@@ -329,8 +329,11 @@ class Reads:
 
     def _scan_all(self, lsn: int) -> Iterator[Record]:
         self.refresh()
-        sid = self._manifest.segment_for_lsn(lsn)
+        # the live segments before the manifest: a roll commits the manifest
+        # before it publishes the view, so a segment missing from this
+        # view's live list is already sealed in the manifest read after it
         live = self.view.live
+        sid = self._manifest.segment_for_lsn(lsn)
         seg = self.segment(sid) if sid is not None else (live[0] if live else None)
         names = self._keys.names
         pos = 0
@@ -372,10 +375,12 @@ class Reads:
         """The segment following segment_id: the manifest's next one, or a
         live segment it does not list yet."""
         self.refresh()
+        live = self.view.live  # before the manifest: see _scan_all
+        hit("segment_after.view_taken")
         rec = self._manifest.segment_after(segment_id)
         if rec is not None and rec.state == "sealed":
             return self.segment(rec.segment_id)
-        later = [s for s in self.view.live if s.info().segment_id > segment_id]
+        later = [s for s in live if s.info().segment_id > segment_id]
         return min(later, key=lambda s: s.info().segment_id) if later else None
 
     # ---------------------------------------------------------- tail

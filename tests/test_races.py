@@ -267,3 +267,21 @@ def test_close_racing_readers_raises_only_aoflite_errors(store_path):
     for t in threads:
         t.join()
     assert not errors_seen, errors_seen
+
+
+def test_scan_all_moving_to_the_next_segment_while_it_is_sealed(store_path):
+    """scan_all finished segment 1 and looks for the next one just as the
+    writer seals segment 2 and opens segment 3: it must not jump to 3."""
+    db = aoflite.open(store_path, durability="off", segment_bytes=MiB)
+    for i in range(3):
+        db.append("k", b"%d" % i)
+    db.seal()
+    for i in range(3, 6):
+        db.append("k", b"%d" % i)
+    with failpoints.pause("segment_after.view_taken") as p:
+        scan = Runner(lambda: [r.lsn for r in db.scan_all()])
+        assert p.wait()
+        db.seal()
+        db.append("k", b"6")
+    assert scan.join() == list(range(1, 8))
+    db.close()

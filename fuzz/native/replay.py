@@ -28,14 +28,14 @@ def read_everything(seg: Segment) -> int:
     records = []
     pos = 0
     while True:
-        pos, kids, offs, lsns, tss, vals, _ = seg.scan(pos, 0, 64)
+        pos, kids, offs, lsns, tss, vals, ends = seg.scan(pos, 0, 64)
         if not kids:
             break
-        records += zip(kids, offs, lsns, tss, vals)
-    for kid, off, lsn, ts, val in records:
+        records += zip(kids, offs, lsns, tss, vals, ends)
+    for kid, off, lsn, ts, val, end in records:
         got = seg.read(kid, off)
-        if got is not None and got != (lsn, ts, val):
-            raise AssertionError(f"key id {kid} offset {off}: read {got[:2]} differs from scan {(lsn, ts)}")
+        if got is not None and got != (lsn, ts, val, end):
+            raise AssertionError(f"key id {kid} offset {off}: read {got[:2] + got[3:]} differs from scan {(lsn, ts, end)}")
     for r in seg.keys():
         offs, _, _, vals, _ = seg.read_range(r.key_id, r.first_offset, 8)
         if offs != list(range(r.first_offset, r.first_offset + len(offs))):
