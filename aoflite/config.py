@@ -17,7 +17,20 @@ import attrs
 
 from .errors import Error
 
-__all__ = ["Config", "DurabilityConfig", "SegmentConfig", "ReadConfig", "ConfigError", "DURABILITY_MODES"]
+__all__ = [
+    "Config",
+    "DurabilityConfig",
+    "SegmentConfig",
+    "ReadConfig",
+    "OpenConfig",
+    "Tier0Config",
+    "Tier1Config",
+    "Tier2Config",
+    "TiersConfig",
+    "RetentionConfig",
+    "ConfigError",
+    "DURABILITY_MODES",
+]
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -46,6 +59,29 @@ def _int_range(lo: int, hi: int) -> _Validator:
             raise ConfigError(f"setting {attr.name}: expected an integer, got {value!r}")
         if not lo <= value <= hi:
             raise ConfigError(f"setting {attr.name}={value} is out of range [{lo}, {hi}]")
+
+    return check
+
+
+def _optional_int_range(lo: int, hi: int) -> _Validator:
+    check_int = _int_range(lo, hi)
+
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            check_int(inst, attr, value)
+
+    return check
+
+
+def _optional_str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (type(value) is not str or not value):
+        raise ConfigError(f"setting {attr.name}: expected a non-empty string or nothing, got {value!r}")
+
+
+def _float_range(lo: float, hi: float) -> _Validator:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if type(value) not in (int, float) or not lo <= value <= hi:
+            raise ConfigError(f"setting {attr.name}={value!r}: expected a number in [{lo}, {hi}]")
 
     return check
 
@@ -99,6 +135,67 @@ class OpenConfig:
 
 
 @attrs.frozen
+class Tier0Config:
+    """Tier 0: sealed segment files on local disk, as the writer left them."""
+
+    # bytes of sealed segment files kept locally once a lower tier holds
+    # them (None: no bound); the active segment is never counted
+    max_bytes: int | None = attrs.field(default=None, validator=_optional_int_range(0, 2**62))
+
+
+@attrs.frozen
+class Tier1Config:
+    """Tier 1: seekable zstd copies of sealed segments on local disk."""
+
+    max_bytes: int | None = attrs.field(default=None, validator=_optional_int_range(0, 2**62))
+    # zstd level; 1 compresses at several hundred MB/s
+    level: int = attrs.field(default=1, validator=_int_range(-7, 22))
+    # bytes of segment per independent frame: what a cold point read fetches
+    frame_bytes: int = attrs.field(default=1 * MiB, validator=_int_range(64 * KiB, 64 * MiB))
+
+
+@attrs.frozen
+class Tier2Config:
+    """Tier 2: an object store (s3://bucket/prefix or file:///dir)."""
+
+    url: str | None = attrs.field(default=None, validator=_optional_str)
+    # for s3:// (each also from AOFLITE_TIER2_ENDPOINT, _ACCESS_KEY, _SECRET_KEY)
+    endpoint: str | None = attrs.field(default=None, validator=_optional_str)
+    region: str = attrs.field(default="us-east-1", validator=_optional_str)
+    access_key: str | None = attrs.field(default=None, validator=_optional_str, repr=False)
+    secret_key: str | None = attrs.field(default=None, validator=_optional_str, repr=False)
+    ca_bundle: str | None = attrs.field(default=None, validator=_optional_str)
+    retry_max_attempts: int = attrs.field(default=5, validator=_int_range(1, 1000))
+    retry_base_delay_ms: int = attrs.field(default=100, validator=_int_range(0, 3_600_000))
+    retry_max_delay_ms: int = attrs.field(default=5000, validator=_int_range(0, 3_600_000))
+    retry_jitter: float = attrs.field(default=0.5, validator=_float_range(0.0, 1.0))
+
+
+@attrs.frozen
+class TiersConfig:
+    """The pipeline that moves sealed segments down the tiers."""
+
+    # how long an append waits for local space before BackpressureError(kind="admission")
+    admission_timeout_ms: int = attrs.field(default=30_000, validator=_int_range(0, 3_600_000))
+    # how long a read waits for a segment to come back from Tier 2
+    hydration_timeout_ms: int = attrs.field(default=30_000, validator=_int_range(0, 3_600_000))
+    # seal the active segment once its oldest record is this old (None: only when full)
+    seal_interval_s: int | None = attrs.field(default=None, validator=_optional_int_range(1, 10**9))
+    hydration_workers: int = attrs.field(default=2, validator=_int_range(1, 64))
+    # snapshot the manifest to Tier 2 after this many seals (and at close)
+    snapshot_every_seals: int = attrs.field(default=8, validator=_int_range(1, 1_000_000))
+
+
+@attrs.frozen
+class RetentionConfig:
+    """Which old sealed segments are retired, from every tier."""
+
+    max_age_s: int | None = attrs.field(default=None, validator=_optional_int_range(1, 10**12))
+    max_bytes: int | None = attrs.field(default=None, validator=_optional_int_range(1, 2**62))
+    max_segments: int | None = attrs.field(default=None, validator=_optional_int_range(1, 2**40))
+
+
+@attrs.frozen
 class Config:
     """All of a store's settings. Immutable: derive variants with evolve()."""
 
@@ -106,6 +203,11 @@ class Config:
     segment: SegmentConfig = attrs.field(factory=SegmentConfig)
     read: ReadConfig = attrs.field(factory=ReadConfig)
     open: OpenConfig = attrs.field(factory=OpenConfig)
+    tier0: Tier0Config = attrs.field(factory=Tier0Config)
+    tier1: Tier1Config = attrs.field(factory=Tier1Config)
+    tier2: Tier2Config = attrs.field(factory=Tier2Config)
+    tiers: TiersConfig = attrs.field(factory=TiersConfig)
+    retention: RetentionConfig = attrs.field(factory=RetentionConfig)
 
     def evolve(self, **overrides: Any) -> Config:
         """A copy with flattened settings replaced: evolve(segment_bytes=1 << 20)."""
@@ -116,7 +218,12 @@ class Config:
                 raise ConfigError(f"unknown setting {name!r} (known: {', '.join(sorted(_FLAT))})")
             section, field = where
             sections.setdefault(section, {})[field] = value
-        changes = {s: attrs.evolve(getattr(self, s), **f) for s, f in sections.items()}
+        changes = {}
+        for s, f in sections.items():
+            try:
+                changes[s] = attrs.evolve(getattr(self, s), **f)
+            except ConfigError as e:
+                raise _flat_named(e, s) from None
         return attrs.evolve(self, **changes)
 
     def flat(self) -> dict[str, Any]:
@@ -139,7 +246,10 @@ class Config:
             for field in values:
                 if field not in known:
                     raise ConfigError(f"unknown setting {field!r} in [{section}]")
-            kwargs[section] = section_cls(**values)
+            try:
+                kwargs[section] = section_cls(**values)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (in [{section}])") from None
         return cls(**kwargs)
 
     @classmethod
@@ -153,11 +263,33 @@ class Config:
         return cls.from_dict(data)
 
 
-_SECTIONS = {"durability": DurabilityConfig, "segment": SegmentConfig, "read": ReadConfig, "open": OpenConfig}
+def _flat_named(e: ConfigError, section: str) -> ConfigError:
+    """The validator names a field; a caller of evolve() knows it by its flattened name."""
+    if section not in _PREFIXED:
+        return e
+    return ConfigError(str(e).replace("setting ", f"setting {section}_", 1))
+
+
+_SECTIONS: dict[str, type] = {
+    "durability": DurabilityConfig,
+    "segment": SegmentConfig,
+    "read": ReadConfig,
+    "open": OpenConfig,
+    "tier0": Tier0Config,
+    "tier1": Tier1Config,
+    "tier2": Tier2Config,
+    "tiers": TiersConfig,
+    "retention": RetentionConfig,
+}
+
+# Sections whose flattened names carry the section as a prefix, so that
+# [tier0] max_bytes in TOML is tier0_max_bytes as a keyword to open().
+_PREFIXED = ("tier0", "tier1", "tier2", "retention")
 
 # flattened name -> (section, field); "durability" alone is the mode
 _FLAT: dict[str, tuple[str, str]] = {"durability": ("durability", "mode")}
 for _section, _cls in _SECTIONS.items():
     for _a in attrs.fields(_cls):
         if _a.name != "mode":
-            _FLAT[_a.name] = (_section, _a.name)
+            _flat = f"{_section}_{_a.name}" if _section in _PREFIXED else _a.name
+            _FLAT[_flat] = (_section, _a.name)

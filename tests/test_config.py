@@ -25,6 +25,36 @@ INT_SETTINGS = {
     "open_segments": (1, 65536),
     "poll_interval_ms": (1, 60_000),
     "lock_timeout_ms": (0, 3_600_000),
+    "tier1_level": (-7, 22),
+    "tier1_frame_bytes": (64 << 10, 64 * MiB),
+    "tier2_retry_max_attempts": (1, 1000),
+    "tier2_retry_base_delay_ms": (0, 3_600_000),
+    "tier2_retry_max_delay_ms": (0, 3_600_000),
+    "admission_timeout_ms": (0, 3_600_000),
+    "hydration_timeout_ms": (0, 3_600_000),
+    "hydration_workers": (1, 64),
+    "snapshot_every_seals": (1, 1_000_000),
+}
+
+#: Integer settings that may also be None (no bound, or off).
+OPTIONAL_INT_SETTINGS = {
+    "tier0_max_bytes": (0, 2**62),
+    "tier1_max_bytes": (0, 2**62),
+    "seal_interval_s": (1, 10**9),
+    "retention_max_age_s": (1, 10**12),
+    "retention_max_bytes": (1, 2**62),
+    "retention_max_segments": (1, 2**40),
+}
+
+#: The remaining settings (strings and a fraction), with their defaults.
+OTHER_SETTINGS = {
+    "tier2_url": None,
+    "tier2_endpoint": None,
+    "tier2_region": "us-east-1",
+    "tier2_access_key": None,
+    "tier2_secret_key": None,
+    "tier2_ca_bundle": None,
+    "tier2_retry_jitter": 0.5,
 }
 
 #: TOML section of each flattened name ("durability" alone is [durability] mode).
@@ -33,14 +63,21 @@ SECTIONS = {
     "segment": aoflite.SegmentConfig,
     "read": aoflite.ReadConfig,
     "open": aoflite.OpenConfig,
+    "tier0": aoflite.config.Tier0Config,
+    "tier1": aoflite.config.Tier1Config,
+    "tier2": aoflite.config.Tier2Config,
+    "tiers": aoflite.config.TiersConfig,
+    "retention": aoflite.config.RetentionConfig,
 }
+PREFIXED = ("tier0", "tier1", "tier2", "retention")
 
 
 def _section_of(flat_name):
     field = "mode" if flat_name == "durability" else flat_name
     for section, cls in SECTIONS.items():
-        if field in {a.name for a in attrs.fields(cls)}:
-            return section, field
+        name = field.removeprefix(f"{section}_") if section in PREFIXED else field
+        if (section not in PREFIXED or name != field) and name in {a.name for a in attrs.fields(cls)}:
+            return section, name
     raise AssertionError(f"no section holds {flat_name}")
 
 
@@ -48,6 +85,9 @@ def _toml(flat):
     """TOML text setting the flattened settings, each in its section."""
     tables: dict[str, list[str]] = {}
     for name, value in flat.items():
+        if value is None:  # TOML has no null: leaving a setting out means its default, None
+            assert Config().flat()[name] is None
+            continue
         section, field = _section_of(name)
         tables.setdefault(section, []).append(f"{field} = {value!r}".replace("'", '"'))
     return "".join(f"[{s}]\n" + "\n".join(lines) + "\n" for s, lines in tables.items())
@@ -73,10 +113,14 @@ def test_defaults():
     """Config() names every setting, durability defaults to "normal" and
     every other default lies within its own bounds (tuning values may move)."""
     flat = Config().flat()
-    assert set(flat) == {"durability", *INT_SETTINGS}
+    assert set(flat) == {"durability", *INT_SETTINGS, *OPTIONAL_INT_SETTINGS, *OTHER_SETTINGS}
     assert flat["durability"] == "normal"
     for name, (lo, hi) in INT_SETTINGS.items():
         assert lo <= flat[name] <= hi, name
+    for name in OPTIONAL_INT_SETTINGS:
+        assert flat[name] is None, f"{name}: tiering bounds and retention are off by default"
+    for name, default in OTHER_SETTINGS.items():
+        assert flat[name] == default, name
 
 
 def test_open_uses_defaults_overrides_and_config(tmp_path):
@@ -94,6 +138,9 @@ _valid_flat = st.fixed_dictionaries(
     optional={
         "durability": st.sampled_from(DURABILITY_MODES),
         **{n: st.integers(lo, hi) for n, (lo, hi) in INT_SETTINGS.items()},
+        **{n: st.none() | st.integers(lo, hi) for n, (lo, hi) in OPTIONAL_INT_SETTINGS.items()},
+        "tier2_url": st.none() | st.sampled_from(["file:///tmp/t2", "s3://bucket/app"]),
+        "tier2_retry_jitter": st.floats(0.0, 1.0),
     },
 )
 
@@ -134,6 +181,31 @@ def test_integer_bounds(name):
         _assert_config_error(lambda: Config().evolve(**{name: bad}), name)
 
 
+@pytest.mark.parametrize("name", OPTIONAL_INT_SETTINGS)
+def test_optional_integer_bounds(name):
+    """A bound or interval that may be off: None or an integer in range;
+    anything else raises ConfigError naming the flattened setting."""
+    lo, hi = OPTIONAL_INT_SETTINGS[name]
+    for good in (None, lo, hi):
+        assert Config().evolve(**{name: good}).flat()[name] == good
+    for bad in (lo - 1, hi + 1, float(lo), True, str(lo)):
+        _assert_config_error(lambda: Config().evolve(**{name: bad}), name)
+
+
+def test_tier2_strings_and_jitter():
+    """Tier 2's strings are non-empty or None; jitter is a fraction."""
+    for bad in ("", 5, b"s3://b"):
+        _assert_config_error(lambda: Config().evolve(tier2_url=bad), "tier2_url")
+    for bad in (-0.1, 1.5, "0.5", None):
+        _assert_config_error(lambda: Config().evolve(tier2_retry_jitter=bad), "tier2_retry_jitter")
+
+
+def test_secrets_are_not_in_repr():
+    """A Config printed in a log or a traceback never shows credentials."""
+    cfg = Config().evolve(tier2_access_key="AKIAEXAMPLE", tier2_secret_key="s3cr3t-value")
+    assert "s3cr3t-value" not in repr(cfg) and "AKIAEXAMPLE" not in repr(cfg)
+
+
 def test_durability_modes():
     """durability takes "full", "normal" or "off" and nothing else."""
     for mode in ("full", "normal", "off"):
@@ -169,6 +241,8 @@ def test_empty_toml_is_the_defaults():
         pytest.param('[durability]\nmode = "fast"\n', ["fast"], id="bad-mode"),
         pytest.param("segment = 1\n", ["[segment]"], id="section-not-a-table"),
         pytest.param("[segment\n", ["not valid TOML"], id="not-toml"),
+        pytest.param("[tier0]\nmax_bytes = -1\n", ["max_bytes", "[tier0]"], id="tier-bound-negative"),
+        pytest.param("[tier0]\ntier0_max_bytes = 1\n", ["tier0_max_bytes", "[tier0]"], id="flat-name-in-tier"),
     ],
 )
 def test_bad_toml(text, names):
