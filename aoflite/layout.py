@@ -56,6 +56,25 @@ def segment_ids(root: str) -> list[int]:
     return sorted(out)
 
 
+def tier1_dir(root: str) -> str:
+    """Where Tier 1 (seekable zstd) copies of sealed segments live."""
+    return os.path.join(root, "tier1")
+
+
+def tier1_path(root: str, segment_id: int) -> str:
+    """The Tier 1 file of segment_id."""
+    return os.path.join(root, "tier1", f"{segment_id:020d}.zst")
+
+
+def tier1_ids(root: str) -> list[int]:
+    """Ids of the Tier 1 files present, ascending."""
+    try:
+        names = os.listdir(tier1_dir(root))
+    except FileNotFoundError:
+        return []
+    return sorted(int(n[:-4]) for n in names if n.endswith(".zst") and n[:-4].isdigit())
+
+
 def feed_path(root: str) -> str:
     """The feed file the writer shares with followers (not durable data)."""
     return os.path.join(root, "feed.shm")

@@ -49,10 +49,17 @@ EVENT_TYPES = (
     "StoreCreated",
     "SegmentOpened",
     "SealSegment",
+    "CompressionStarted",
     "CompressionDone",
+    "CompressionFailed",
+    "UploadStarted",
     "UploadDone",
+    "UploadFailed",
+    "Tier2DeleteQueued",
     "Tier2Deleted",
+    "HydrationStarted",
     "HydrationDone",
+    "HydrationFailed",
     "LocalEvicted",
     "SnapshotMarker",
     "CustomEvent",
@@ -90,6 +97,12 @@ class SegmentRecord:
     tiers: list[str] = attrs.field(factory=lambda: ["t0"])
     created_ms: int = 0
     sealed_ms: int = 0
+    # the Tier 1 copy: its size and the CRC32C of the segment bytes it holds
+    t1_bytes: int = 0
+    t1_crc: int = 0
+    # the Tier 2 object, as the object store confirmed it
+    t2_bytes: int = 0
+    t2_checksum: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
@@ -441,6 +454,44 @@ class Manifest:
             if opened is not None:
                 txn.put(_U64.pack(opened.segment_id), opened.to_json(), db=self._dbs["segments"])
                 self._event(txn, "SegmentOpened", segment=opened.segment_id, first_lsn=opened.first_lsn)
+
+    def record_tier(
+        self,
+        segment_id: int,
+        event: str,
+        *,
+        add: tuple[str, ...] = (),
+        remove: tuple[str, ...] = (),
+        facts: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> SegmentRecord | None:
+        """One step of a sealed segment's move between tiers: the tiers
+        it gains and loses and the facts (SegmentRecord fields) learnt, with
+        its ledger event, in one transaction. Returns the new record, or
+        None (and records nothing) when the segment is gone."""
+        with self._write() as txn:
+            segs = self._dbs["segments"]
+            raw = txn.get(_U64.pack(segment_id), db=segs)
+            if raw is None:
+                return None
+            rec = SegmentRecord.from_json(raw)
+            if add or remove or facts:
+                tiers = [t for t in ("t0", "t1", "t2") if (t in rec.tiers or t in add) and t not in remove]
+                rec = attrs.evolve(rec, tiers=tiers, **(facts or {}))
+                txn.put(_U64.pack(segment_id), rec.to_json(), db=segs)
+            self._event(txn, event, segment=segment_id, **fields)
+            return rec
+
+    def text_setting(self, name: str) -> str | None:
+        """A recorded setting whose value is text (the Tier 2 URL)."""
+        return self.get_meta(f"setting.{name}")
+
+    def record_text_setting(self, name: str, old: str | None, new: str) -> None:
+        """Record a text setting; a change goes into the ledger."""
+        with self._write() as txn:
+            txn.put(f"setting.{name}".encode(), new.encode(), db=self._dbs["meta"])
+            if old is not None:
+                self._event(txn, "SettingChanged", setting=name, old=old, new=new)
 
     def forget_segment(self, segment_id: int, reason: str) -> None:
         """Drop an active segment that never reached disk intact."""

@@ -11,6 +11,8 @@ took, so a manifest load racing a roll can only land in a discarded view.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from bisect import bisect_left
@@ -18,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from itertools import repeat
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import errors, layout, recovery
 from .args import U64_END, check_key, check_offset, check_timeout
@@ -29,6 +31,9 @@ from .lifecycle import Lifecycle
 from .manifest import Manifest
 from .record import Record
 from .segment import Segment
+
+if TYPE_CHECKING:
+    from .hydration import Hydrator
 
 __all__ = ["Reads", "View"]
 
@@ -72,6 +77,9 @@ class Reads:
         self.wait_commit: Callable[[int, int], int] | None = None
         self._sealed: OrderedDict[int, Segment] = OrderedDict()
         self._seg_lock = threading.Lock()
+        # the tiers' plug-in: brings an evicted segment's file back
+        self.hydrator: Hydrator | None = None
+        self.on_use: Callable[[int], None] | None = None
 
     # ------------------------------------------------------ the view
 
@@ -93,14 +101,21 @@ class Reads:
             while len(self._sealed) > self._config.read.open_segments:
                 self._sealed.popitem(last=False)
 
+    def forget_segment(self, segment_id: int) -> None:
+        """Drop segment_id's map (its file is being evicted)."""
+        with self._seg_lock:
+            self._sealed.pop(segment_id, None)
+
     def cached_segments(self) -> int:
         """How many sealed segments are mapped."""
         return len(self._sealed)
 
-    def segment(self, segment_id: int) -> Segment:
+    def segment(self, segment_id: int, wait: bool = True) -> Segment:
         """A segment the manifest says is sealed, mapped (from the cache
         when it is there). Never a follower's live copy of it: that one
-        may not have taken in the segment's last records yet."""
+        may not have taken in the segment's last records yet. An evicted
+        one is hydrated first (wait=False: BackpressureError(kind=
+        "hydration") instead of waiting for it)."""
         seg = self._sealed.get(segment_id)
         if seg is not None:
             try:
@@ -108,29 +123,42 @@ class Reads:
             except KeyError:
                 pass  # evicted meanwhile: still good to use
             return seg
-        seg = self.open_sealed(segment_id)
+        seg = self.open_sealed(segment_id, wait)
         self.cache_segment(segment_id, seg)
+        if self.on_use is not None:
+            self.on_use(segment_id)
         return seg
 
-    def open_sealed(self, segment_id: int) -> Segment:
-        """Open the file of a segment the manifest says is sealed; any way
-        it falls short of that is corruption."""
+    def open_sealed(self, segment_id: int, wait: bool = True) -> Segment:
+        """Open the file of a segment the manifest says is sealed, hydrating
+        it from a lower tier when it was evicted; any way it falls short of
+        a sealed segment is corruption."""
         path = layout.segment_path(self.path, segment_id)
-        try:
-            seg, _ = Segment.open(path)
-        except errors.NotFound:
+        seg: Segment | None = None
+        # a hydrated file can be evicted again before we map it: a few tries
+        for _ in range(3 if self.hydrator is not None else 1):
+            if self.hydrator is not None:
+                seg = self.hydrator.ensure_local(segment_id, wait=wait)
+                if seg is not None:
+                    break
+            try:
+                seg, _ = Segment.open(path)
+                break
+            except errors.NotFound:
+                continue
+            except errors.FormatError as e:
+                raise errors.CorruptionError(
+                    f"segment {segment_id} is in the manifest but its file is not a readable segment: {e} "
+                    "(restore it from a backup or replica)",
+                    path=path,
+                    position=0,
+                ) from None
+        if seg is None:
             raise errors.CorruptionError(
                 f"{path}: segment {segment_id} is in the manifest but its file is missing "
                 "(restore it from a backup or replica)",
                 path=path,
-            ) from None
-        except errors.FormatError as e:
-            raise errors.CorruptionError(
-                f"segment {segment_id} is in the manifest but its file is not a readable segment: {e} "
-                "(restore it from a backup or replica)",
-                path=path,
-                position=0,
-            ) from None
+            )
         info = seg.info()
         recovery.check_identity(seg, info, self._store_id, segment_id)
         if not info.sealed:
@@ -179,20 +207,20 @@ class Reads:
             view.ranges[kid] = ranges
         return ranges
 
-    def _find(self, kid: int, offset: int) -> Segment | None:
+    def _find(self, kid: int, offset: int, wait: bool = True) -> Segment | None:
         """The segment holding (kid, offset), or None when it does not exist."""
         view = self.view
         for seg in reversed(view.live):
             r = seg.key_range(kid)
             if r is not None and offset >= r.first_offset:
                 return seg if offset < r.first_offset + r.count else None
-        return self._sealed_segment_of(view, kid, offset)
+        return self._sealed_segment_of(view, kid, offset, wait)
 
-    def _sealed_segment_of(self, view: View, kid: int, offset: int) -> Segment | None:
+    def _sealed_segment_of(self, view: View, kid: int, offset: int, wait: bool = True) -> Segment | None:
         ranges = self._key_ranges(view, kid)
         i = bisect_left(ranges, offset, key=_first)
         if i < len(ranges) and offset >= ranges[i][2]:
-            return self.segment(ranges[i][1])
+            return self.segment(ranges[i][1], wait)
         return None
 
     def kid(self, key: Any) -> int | None:
@@ -207,10 +235,12 @@ class Reads:
 
     # -------------------------------------------------------- reads
 
-    def read(self, key: str, offset: int) -> Record:
+    def read(self, key: str, offset: int, *, nonblocking: bool = False) -> Record:
         """See Store.read."""
         if not self._life.usable:
             self._life.check()
+        if nonblocking is not False and nonblocking is not True:
+            raise TypeError("nonblocking must be True or False")
         try:
             kid = self._ids.get(key)
         except TypeError:
@@ -218,16 +248,16 @@ class Reads:
         if kid is None:
             kid = self.kid(key)
         if kid is not None and type(offset) is int and 0 <= offset < U64_END:
-            got = self._read(kid, offset)
+            got = self._read(kid, offset, not nonblocking)
             if got is None and self.follower:
                 self.refresh()
-                got = self._read(kid, offset)
+                got = self._read(kid, offset, not nonblocking)
             if got is not None:
                 return _new_record(Record, (key, offset, *got))
         check_offset("offset", offset)
         raise errors.NotFound(f"{self.path}: no record at key {key!r} offset {offset}")
 
-    def _read(self, kid: int, offset: int) -> tuple[int, int, bytes, bool] | None:
+    def _read(self, kid: int, offset: int, wait: bool = True) -> tuple[int, int, bytes, bool] | None:
         # the live segments answer for their own offsets (newest first);
         # older offsets are in a sealed segment the manifest names
         view = self.view
@@ -235,22 +265,26 @@ class Reads:
             got = seg.read(kid, offset)
             if got is not None:
                 return got
-        sealed = self._sealed_segment_of(view, kid, offset)
+        sealed = self._sealed_segment_of(view, kid, offset, wait)
         return sealed.read(kid, offset) if sealed is not None else None
 
-    def scan(self, key: str, start: int = 0, stop: int | None = None) -> Iterator[Record]:
+    def scan(
+        self, key: str, start: int = 0, stop: int | None = None, *, nonblocking: bool = False
+    ) -> Iterator[Record]:
         """See Store.scan."""
         self._life.check()
         check_offset("start", start)
         check_offset("stop", stop, allow_none=True)
+        if not isinstance(nonblocking, bool):
+            raise TypeError("nonblocking must be True or False")
         kid = self.kid(key)
-        return self._scan(key, kid, start, stop) if kid is not None else iter(())
+        return self._scan(key, kid, start, stop, not nonblocking) if kid is not None else iter(())
 
-    def _scan(self, key: str, kid: int, off: int, stop: int | None) -> Iterator[Record]:
+    def _scan(self, key: str, kid: int, off: int, stop: int | None, wait: bool = True) -> Iterator[Record]:
         refreshed = False
         while stop is None or off < stop:
             self._life.check()
-            seg = self._find(kid, off)
+            seg = self._find(kid, off, wait)
             if seg is None:
                 if not self.follower or refreshed:
                     return
@@ -263,6 +297,24 @@ class Reads:
                 return
             yield from map(_new_record, repeat(Record), zip(repeat(key), offs, lsns, tss, vals, ends))
             off = offs[-1] + 1
+
+    def prefetch(self, key: str, start: int = 0, stop: int | None = None) -> int:
+        """See Store.prefetch."""
+        self._life.check()
+        check_offset("start", start)
+        check_offset("stop", stop, allow_none=True)
+        kid = self.kid(key)
+        if kid is None or self.hydrator is None:
+            return 0
+        started = 0
+        for last, sid, first, _ in self._manifest.key_ranges(kid):
+            if last < start or (stop is not None and first >= stop):
+                continue
+            if not os.path.exists(layout.segment_path(self.path, sid)):
+                with contextlib.suppress(errors.BackpressureError):  # a full queue: the scan fetches it
+                    self.hydrator.start(sid)
+                    started += 1
+        return started
 
     def count(self, key: str) -> int:
         """See Store.count."""

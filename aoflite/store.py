@@ -24,11 +24,13 @@ from typing import Any
 
 from . import backup as _backup
 from . import errors, layout
-from .args import BytesLike
+from .args import BytesLike, check_timeout
 from .config import Config
+from .coordinator import Coordinator, Residency, open_tier2, residency, tiering_enabled
 from .cursors import Cursor, CursorInfo, Cursors
 from .failpoints import hit
 from .follow import Follower
+from .hydration import Hydrator
 from .keys import Keys
 from .lifecycle import Lifecycle
 from .manifest import Manifest
@@ -130,6 +132,8 @@ class Store:
         self._owner_pid = os.getpid()
         self._forked = False
         self._close_lock = threading.Lock()
+        self._coordinator: Coordinator | None = None
+        self._hydrator: Hydrator | None = None
 
         state = layout.inspect_path(self.path)
         if state == "missing" and readonly:
@@ -154,12 +158,16 @@ class Store:
             config = self.config = self._settle_settings(config, explicit, readonly)
             keys = Keys(self._manifest, lambda: reads.live())
             reads = self._reads = Reads(self.path, store_id, self._manifest, keys, config, self._life)
+            backend = open_tier2(config)
+            self._hydrator = reads.hydrator = Hydrator(self.path, self._manifest, backend, config, ledger=not readonly)
             if readonly:
                 self._follower = Follower(self.path, store_id, self._manifest, reads)
             else:
                 self._writes = Writes(self.path, store_id, self._manifest, keys, reads, config, self._life)
                 self._writes.start_flusher()
                 self.append = self._writes.append  # type: ignore[method-assign]
+                if tiering_enabled(config):
+                    self._start_pipeline(backend)
             self.read = reads.read  # type: ignore[method-assign]
             self._cursors = Cursors(self.path, self._life.check, reads.batch_end_at, reads.last_lsn, reads.segment_spans)
         except BaseException:
@@ -167,7 +175,7 @@ class Store:
             raise
         w = self._writes
         self._finalizer = weakref.finalize(
-            self, Store._finalize, w.writer if w else None, w.flusher if w else None
+            self, Store._finalize, w.writer if w else None, w.flusher if w else None, self._coordinator
         )
         _handles.add(self)
 
@@ -190,7 +198,28 @@ class Store:
                 keep[name] = recorded[name]
         if changes and not readonly:
             self._manifest.record_settings(changes)
-        return config.evolve(**keep) if keep else config
+        # where Tier 2 is, so that a reopen (or a reader) finds the segments
+        # it holds; credentials are never recorded
+        url = self._manifest.text_setting("tier2_url")
+        if config.tier2.url is None and url is not None:
+            keep_text = {"tier2_url": url}
+        else:
+            keep_text = {}
+            if config.tier2.url is not None and config.tier2.url != url and not readonly:
+                self._manifest.record_text_setting("tier2_url", url, config.tier2.url)
+        return config.evolve(**keep, **keep_text) if keep or keep_text else config
+
+    def _start_pipeline(self, backend: Any) -> None:
+        """The background moves of sealed segments down the tiers."""
+        w = self._writes
+        assert w is not None
+        c = self._coordinator = Coordinator(
+            self.path, self._manifest, self._reads, backend, self.config, self._life, w.seal_if_idle
+        )
+        w.admit = c.admit
+        w.on_seal = c.notify
+        self._reads.on_use = c.used
+        c.start()
 
     def _writer_side(self) -> Writes:
         self._life.check()
@@ -254,14 +283,28 @@ class Store:
 
     # ---------------------------------------------------------- reading
 
-    def read(self, key: str, offset: int) -> Record:
-        """The record at (key, offset); NotFound if there is none."""
-        return self._reads.read(key, offset)
+    def read(self, key: str, offset: int, *, nonblocking: bool = False) -> Record:
+        """The record at (key, offset); NotFound if there is none.
 
-    def scan(self, key: str, start: int = 0, stop: int | None = None) -> Iterator[Record]:
+        A record whose segment was evicted to a lower tier is fetched back
+        first, waiting up to hydration_timeout_ms; with nonblocking=True the
+        read raises BackpressureError(kind="hydration") at once instead and
+        the fetch goes on in the background."""
+        return self._reads.read(key, offset, nonblocking=nonblocking)
+
+    def scan(
+        self, key: str, start: int = 0, stop: int | None = None, *, nonblocking: bool = False
+    ) -> Iterator[Record]:
         """Records of key with start <= offset < stop (stop=None: to the end),
-        in offset order."""
-        return self._reads.scan(key, start, stop)
+        in offset order. nonblocking as for read(), raised by the iterator
+        when it reaches an evicted segment."""
+        return self._reads.scan(key, start, stop, nonblocking=nonblocking)
+
+    def prefetch(self, key: str, start: int = 0, stop: int | None = None) -> int:
+        """Start fetching back, in the background, the evicted segments that
+        hold key's records in [start, stop), ahead of a scan. Returns how
+        many fetches it started."""
+        return self._reads.prefetch(key, start, stop)
 
     def last(self, key: str) -> Record | None:
         """The key's newest record, or None when it has none."""
@@ -343,6 +386,24 @@ class Store:
         feed = self._writes.feed if self._writes is not None else self._follower.feed if self._follower else None
         return _backup.backup(self.path, self._manifest, feed, os.fspath(dest_path))
 
+    # ------------------------------------------------------------ tiers
+
+    def residency(self) -> list[Residency]:
+        """Per sealed segment, which tiers hold it and the bytes in each:
+        ``(segment_id, tiers)`` with tiers mapping "t0", "t1", "t2" to bytes."""
+        self._life.check()
+        return residency(self.path, self._manifest)
+
+    def drain_tiers(self, timeout: float | None = None) -> None:
+        """Wait until the tier pipeline has nothing pending: every sealed
+        segment compressed and uploaded, evictions done. Raises the
+        pipeline's error if a step keeps failing, TimeoutError after
+        timeout seconds. Returns at once when tiering is off."""
+        self._writer_side()
+        check_timeout(timeout)
+        if self._coordinator is not None:
+            self._coordinator.drain(timeout)
+
     # ----------------------------------------------------------- status
 
     def stats(self) -> dict[str, Any]:
@@ -366,6 +427,13 @@ class Store:
         }
         if self._writes is not None:
             out.update(self._writes.stats())
+        if self._coordinator is not None:
+            out.update(self._coordinator.stats())
+        else:
+            res = residency(self.path, self._manifest)
+            out["tier_bytes"] = {t: sum(r.tiers.get(t, 0) for r in res) for t in ("t0", "t1", "t2")}
+            out["tier_segments"] = {t: sum(1 for r in res if t in r.tiers) for t in ("t0", "t1", "t2")}
+        out.setdefault("queues", {})["hydration"] = self._hydrator.pending() if self._hydrator else 0
         return out
 
     @property
@@ -394,11 +462,13 @@ class Store:
                     self._finalizer.detach()
                     self._release()
             return
+        if w._tx_owner == threading.get_ident():
+            raise errors.TransactionError("cannot close inside a transaction (finish it first)")
+        if self._coordinator is not None:
+            self._coordinator.stop()  # before the lock: it may be sealing, never waiting on us
         with w.lock:  # after any transaction of another thread
             if self._life.closed:
                 return
-            if w._tx_owner == threading.get_ident():
-                raise errors.TransactionError("cannot close inside a transaction (finish it first)")
             try:
                 w.close()
             finally:
@@ -407,6 +477,10 @@ class Store:
                 self._release()
 
     def _release(self) -> None:
+        if self._coordinator is not None:
+            self._coordinator.stop()
+        if self._hydrator is not None:
+            self._hydrator.close()  # fetches under way finish before the manifest closes
         manifest = getattr(self, "_manifest", None)
         if manifest is not None:
             manifest.close()
@@ -415,8 +489,10 @@ class Store:
             self._lock_fd = None
 
     @staticmethod
-    def _finalize(writer: Any, flusher: threading.Thread | None) -> None:
+    def _finalize(writer: Any, flusher: threading.Thread | None, coordinator: Coordinator | None) -> None:
         # a handle dropped without close(): still make its appends durable
+        if coordinator is not None:
+            coordinator.stop()
         if writer is not None:
             try:
                 writer.close()

@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import errors, layout, recovery
@@ -79,6 +79,10 @@ class Writes:
         reads.next_offset = w.next_offset
         reads.wait_commit = w.wait_commit
         life.on_refuse(self._stop_hot_path)
+        # the tier pipeline's hooks: wait for local space before a roll,
+        # and hear of each seal
+        self.admit: Callable[[], None] | None = None
+        self.on_seal: Callable[[], None] | None = None
 
     def start_flusher(self) -> None:
         """Background syncs for durability="normal" (holding this object
@@ -106,7 +110,9 @@ class Writes:
         """Create the next active segment (under lock, none active)."""
         w = self.writer
         assert w.segment is None
-        last = max(layout.segment_ids(self.path), default=0)
+        # sealed segments may live only in lower tiers: the manifest knows them
+        recorded = self._manifest.last_segment()
+        last = max(layout.segment_ids(self.path) + [recorded.segment_id if recorded else 0])
         seg, rec = recovery.new_segment(self.path, self._store_id, last + 1, w.next_lsn(), self._config.segment.segment_bytes)
         try:
             self._manifest.record_open(rec)
@@ -189,6 +195,8 @@ class Writes:
     def _handle_append_status(self, w: Writer, rc: int, key: str) -> None:
         """Deal with a failed append: roll, wait out a roll, or raise."""
         if rc == Writer.AOF_EFULL:
+            if self.admit is not None:
+                self.admit()
             self._roll(w.segment)
         elif rc == Writer.AOF_ENOSEG:
             with self.lock:
@@ -280,6 +288,8 @@ class Writes:
                     break
                 if rc != Writer.AOF_EFULL:
                     self._fail(rc, f"beginning a transaction in {self.path}")
+                if self.admit is not None:
+                    self.admit()
                 self._roll(w.segment)
             self._tx_owner = me
             try:
@@ -330,6 +340,19 @@ class Writes:
                 return None
             return self._roll(seg)
 
+    def seal_if_idle(self) -> int | None:
+        """Seal now unless another thread holds the write lock (a
+        transaction, a roll): for background callers, which must never
+        wait on a writer that may be waiting on them."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            if self._tx_owner is not None:
+                return None
+            return self.seal()
+        finally:
+            self.lock.release()
+
     def _roll(self, full: Segment | None) -> int | None:
         """Seal the active segment, if it is still `full`, and open the next."""
         with self.lock:
@@ -371,6 +394,8 @@ class Writes:
             self._reads.cache_segment(info.segment_id, seg)
             self._reads.publish((new,))
             w.attach(new)
+            if self.on_seal is not None:
+                self.on_seal()
             return info.segment_id
 
     def _refuse_behind(self, e: BaseException) -> None:

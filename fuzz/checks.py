@@ -46,6 +46,10 @@ def check_files(path: str) -> None:
         for sid, rec in recs.items():
             if "t0" in rec.tiers and sid not in files:
                 _fail(f"manifest segment {sid} ({rec.state}) has no file")
+            if rec.state == "sealed" and sid not in files:
+                if not {"t1", "t2"} & set(rec.tiers):
+                    _fail(f"sealed segment {sid} is in no tier (tiers {rec.tiers}, no file)")
+                continue  # evicted: scans and reads bring it back and check it
             if rec.state == "sealed":
                 seg, _ = Segment.open(layout.segment_path(path, sid))
                 info = seg.info()

@@ -26,6 +26,9 @@ TRANSACTIONS = {"mix": {"append": 1, "transaction": 3, "rollback": 1}}
 # a child that appends nothing: only opening (recovering) and closing the
 # store can reach its failpoint
 AT_OPEN = {"mix": {"commit": 1}, "ops": 1}
+# sealed segments compress, upload to a file:// Tier 2 and leave local disk
+# while appends go on; old records are read back through hydration
+TIERED = {**BIG, "tiered": True, "mix": {"append": 8, "append_many": 1, "drain": 1, "read_old": 2}}
 NORMAL_FLUSHING = {"durability": "normal", "flush_interval_ms": 1, "mix": {"append": 1}, "ops": 5000}
 
 _reached: set[str] = set()  # failpoints this module's children died at
@@ -145,6 +148,10 @@ SCENARIOS: dict[str, list[Step]] = {
     "append_many.half": [Crash("append_many.half", 3, BATCHES)],
     "tx.before_commit_record": [Crash("tx.before_commit_record", 2, TRANSACTIONS)],
     "sync.before_msync": [Crash("sync.before_msync", 10)],
+    "tier.after_compress": [Crash("tier.after_compress", 1, TIERED)],
+    "tier.after_upload": [Crash("tier.after_upload", 1, TIERED)],
+    "tier.before_unlink": [Crash("tier.before_unlink", 1, TIERED)],
+    "hydrate.after_fetch": [Crash("hydrate.after_fetch", 0, TIERED)],
 }
 
 

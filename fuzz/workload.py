@@ -68,14 +68,22 @@ class Spec:
     max_value: int = 2048
     ops: int = 0  # 0: until killed; else this many, then close and exit 0
     mix: dict[str, int] = field(default_factory=lambda: dict(MIX))
+    # tiering: sealed segments go to a file:// Tier 2 beside the store and
+    # leave local disk at once, so reads of old records hydrate them back
+    tiered: bool = False
 
     def open_kwargs(self) -> dict:
         """The settings a parent reopens the store with."""
-        return {
+        kwargs: dict = {
             "durability": self.durability,
             "segment_bytes": self.segment_bytes,
             "flush_interval_ms": self.flush_interval_ms,
         }
+        if self.tiered:
+            tier2 = self.path + ".tier2"
+            os.makedirs(tier2, exist_ok=True)
+            kwargs.update(tier2_url=f"file://{tier2}", tier0_max_bytes=0, tier1_max_bytes=0)
+        return kwargs
 
 
 def value(seed: int, key: str, offset: int, max_value: int) -> bytes:
@@ -207,6 +215,18 @@ class _Child:
         self.acks.line("S")
         self.db.seal()
         self._durable()
+
+    def op_drain(self) -> None:
+        """Wait for the tier pipeline to move every sealed segment."""
+        self.db.drain_tiers(timeout=60)
+
+    def op_read_old(self) -> None:
+        """Read a key's first record: with tiering, its segment is evicted
+        and comes back from Tier 2."""
+        key = self.rng.choice(self.keys)
+        if self.counts[key]:
+            got = self.db.read(key, 0).value
+            assert got == self._value(key, 0), f"{key!r} offset 0 read back different bytes"
 
     def op_reopen(self) -> None:
         self.db.close()

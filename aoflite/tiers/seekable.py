@@ -38,7 +38,6 @@ from typing import BinaryIO, NamedTuple, Protocol, Union
 import pyzstd
 
 from .. import errors
-from .. import open as open_store
 from ..layout import fsync_dir
 from ..segment import Segment, crc32c
 
@@ -549,6 +548,8 @@ def _sample_segment(root: str, data: str, value_bytes: int, keys: int = 64) -> s
     rng = random.Random(20240601)
     names = [f"key-{i:05d}" for i in range(keys)]
     segment_bytes = 64 * MiB
+    from .. import open as open_store  # the store imports this module: resolved at call time
+
     with open_store(root, durability="off", segment_bytes=segment_bytes) as db:
         written = rounds = 0
         while written < segment_bytes:

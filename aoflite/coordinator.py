@@ -1,0 +1,574 @@
+"""The tier pipeline: moving sealed segments down the tiers in the
+background, inside the writer's handle.
+
+Two threads, so that a Tier 2 outage never stalls local work:
+
+- the local worker compresses each sealed segment into Tier 1 and evicts
+  Tier 0 files (oldest use first) while Tier 0 is over its budget; it also
+  seals the active segment when ``seal_interval_s`` says so;
+- the remote worker uploads Tier 1 files to Tier 2, confirms each object
+  (size and SHA-256 read back, not assumed) and evicts Tier 1 files while
+  Tier 1 is over its budget.
+
+Work is found by comparing the manifest's ``tiers`` of every sealed
+segment with the files on disk, so a crash anywhere leaves nothing to
+clean up by hand: the next open finds the same work again and redoes it.
+Every step writes its file atomically and records itself in the ledger
+(CompressionStarted/Done/Failed, UploadStarted/Done/Failed, LocalEvicted).
+An eviction is recorded before the file goes, so the manifest never names
+a copy that is not there; a file left behind by a crash is a spare copy,
+counted and evicted again. The last local copy of a segment is deleted
+only once Tier 2 confirmed its object.
+
+Budgets count the files on disk, so copies that read-only handles in other
+processes hydrated count too. Appends meet the budgets only when they roll
+into a new segment (``admit``): while Tier 0 is over budget and nothing
+can be evicted yet, the roll waits up to ``admission_timeout_ms`` and then
+raises BackpressureError(kind="admission"); what was appended is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from . import errors, layout
+from .config import Config, ConfigError
+from .failpoints import hit
+from .lifecycle import Lifecycle
+from .manifest import Manifest, SegmentRecord
+from .reads import Reads
+from .tiers.base import RetryPolicy, Tier2Backend, file_digest, open_backend, segment_object_name
+from .tiers.seekable import compress_segment
+
+__all__ = ["Coordinator", "Residency", "open_tier2", "residency", "tiering_enabled"]
+
+#: How often the workers look for work when nobody wakes them.
+_IDLE_S = 1.0
+#: Seconds a segment a read just opened is safe from eviction.
+_EVICT_GRACE_S = 2.0
+#: A step that failed this many passes in a row makes drain_tiers raise.
+_STUCK_AFTER = 3
+
+
+class Residency(NamedTuple):
+    """Where one sealed segment lives: tier name ("t0", "t1", "t2") -> bytes."""
+
+    segment_id: int
+    tiers: dict[str, int]
+
+
+def tiering_enabled(config: Config) -> bool:
+    """Whether sealed segments move at all: a Tier 2 or a local budget is set."""
+    return any(v is not None for v in (config.tier2.url, config.tier0.max_bytes, config.tier1.max_bytes))
+
+
+def retry_policy(config: Config, floor_ms: int = 0) -> RetryPolicy:
+    """The [tier2] retry settings as a RetryPolicy (delays at least floor_ms)."""
+    t2 = config.tier2
+    base = max(t2.retry_base_delay_ms, floor_ms)
+    return RetryPolicy(
+        max_attempts=t2.retry_max_attempts,
+        base_delay_ms=base,
+        max_delay_ms=max(t2.retry_max_delay_ms, base),
+        jitter=t2.retry_jitter,
+    )
+
+
+def open_tier2(config: Config, url: str | None = None) -> Tier2Backend | None:
+    """The configured Tier 2 backend (None when there is none)."""
+    t2 = config.tier2
+    url = url or t2.url
+    if url is None:
+        return None
+    options: dict[str, Any] = {"retry": retry_policy(config)}
+    if url.startswith("s3://"):
+        options.update(
+            endpoint=t2.endpoint, region=t2.region, access_key=t2.access_key, secret_key=t2.secret_key,
+            ca_bundle=t2.ca_bundle,
+        )
+    try:
+        return open_backend(url, **options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"setting tier2_url={url!r}: {e}") from None
+
+
+class _Failures:
+    """Consecutive failures per step, when to try each again, and when the
+    last few happened."""
+
+    def __init__(self, policy: RetryPolicy):
+        self._policy = policy
+        self._by_step: dict[tuple[str, int], tuple[int, float, BaseException, list[float]]] = {}
+
+    def ready(self, step: str, sid: int) -> bool:
+        got = self._by_step.get((step, sid))
+        return got is None or time.monotonic() >= got[1]
+
+    def failed(self, step: str, sid: int, e: BaseException) -> None:
+        n, _, _, times = self._by_step.get((step, sid), (0, 0.0, e, []))
+        now = time.monotonic()
+        delay = self._policy.delay_ms(n + 1) / 1000
+        self._by_step[(step, sid)] = (n + 1, now + delay, e, [*times[-(_STUCK_AFTER - 1) :], now])
+
+    def done(self, step: str, sid: int) -> None:
+        self._by_step.pop((step, sid), None)
+
+    def stuck(self, since: float) -> BaseException | None:
+        """The error of a step that failed _STUCK_AFTER times in a row since
+        the monotonic time since (a step failing before a drain began may
+        succeed now that the cause is gone)."""
+        for _, _, e, times in list(self._by_step.values()):
+            if sum(1 for t in times if t >= since) >= _STUCK_AFTER:
+                return e
+        return None
+
+    def last(self) -> BaseException | None:
+        got = list(self._by_step.values())
+        return got[-1][2] if got else None
+
+
+class Coordinator:
+    """Moves the sealed segments of one writable store down the tiers."""
+
+    def __init__(
+        self,
+        path: str,
+        manifest: Manifest,
+        reads: Reads,
+        backend: Tier2Backend | None,
+        config: Config,
+        life: Lifecycle,
+        seal: Callable[[], int | None],
+    ):
+        self.path = path
+        self._manifest = manifest
+        self._reads = reads
+        self._backend = backend
+        self._config = config
+        self._life = life
+        self._seal = seal
+        self._t0_max = config.tier0.max_bytes
+        self._t1_max = config.tier1.max_bytes
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._passes = 0  # completed passes of both workers, for drain
+        self._waiting_admission = 0
+        # a pipeline step that failed waits before its next try, as a
+        # backend waits between retries (never less than 10 ms: no spinning)
+        self._failures = _Failures(retry_policy(config, floor_ms=10))
+        self._last_used: dict[int, float] = {}
+        self._pending = {"compression": 0, "upload": 0, "eviction": 0}
+        os.makedirs(layout.tier1_dir(path), exist_ok=True)
+        _remove_stale_temporaries(path)
+        self._threads = [
+            threading.Thread(target=self._run, args=(self._local_pass,), name="aoflite-tier-local", daemon=True)
+        ]
+        if backend is not None:
+            self._threads.append(
+                threading.Thread(target=self._run, args=(self._remote_pass,), name="aoflite-tier-remote", daemon=True)
+            )
+
+    # ------------------------------------------------------------ control
+
+    def start(self) -> None:
+        """Start the workers."""
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Stop the workers after the step each is in (a step is atomic)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._threads:
+            if t.is_alive() and t is not threading.current_thread():
+                t.join()
+
+    def notify(self) -> None:
+        """Something changed (a seal, a hydration): look for work now."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def used(self, segment_id: int) -> None:
+        """A read used segment_id: evict it after segments used longer ago."""
+        self._last_used[segment_id] = time.monotonic()
+
+    def _run(self, one_pass: Callable[[], bool]) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+            try:
+                busy = one_pass()
+            except errors.ClosedError:
+                return
+            except Exception:  # a pass never dies: each step records its own failure
+                busy = False
+            with self._cond:
+                self._passes += 1
+                self._cond.notify_all()
+                if self._stopping:
+                    return
+                if not busy:
+                    self._cond.wait(_IDLE_S)
+
+    # ------------------------------------------------------------ what is where
+
+    def _sealed(self) -> list[SegmentRecord]:
+        return [r for r in self._manifest.segments() if r.state == "sealed"]
+
+    def _t0_files(self, recs: list[SegmentRecord]) -> dict[int, int]:
+        return _sizes({r.segment_id: layout.segment_path(self.path, r.segment_id) for r in recs})
+
+    def _t1_files(self, recs: list[SegmentRecord]) -> dict[int, int]:
+        return _sizes({r.segment_id: layout.tier1_path(self.path, r.segment_id) for r in recs})
+
+    def residency(self) -> list[Residency]:
+        """Per sealed segment, which tiers hold it and the bytes in each."""
+        return residency(self.path, self._manifest)
+
+    def _behind(self) -> str | None:
+        """Which local budget is exceeded by files that cannot be evicted
+        yet because no lower tier holds them (the pipeline is behind), if
+        any. Copies a lower tier holds are the evictor's business, never a
+        reason to hold appends back."""
+        recs = self._sealed()
+        if self._t0_max is not None:
+            t0 = self._t0_files([r for r in recs if "t1" not in r.tiers and "t2" not in r.tiers])
+            if sum(t0.values()) > self._t0_max:
+                return (
+                    f"Tier 0 holds {sum(t0.values())} bytes of sealed segments not yet in a lower tier, "
+                    f"over tier0_max_bytes={self._t0_max}"
+                )
+        if self._backend is not None and self._t1_max is not None:
+            t1 = self._t1_files([r for r in recs if "t2" not in r.tiers])
+            if sum(t1.values()) > self._t1_max:
+                return (
+                    f"Tier 1 holds {sum(t1.values())} bytes not yet in Tier 2, over tier1_max_bytes={self._t1_max}"
+                )
+        return None
+
+    # ------------------------------------------------------------ admission
+
+    def admit(self, timeout_ms: int | None = None) -> None:
+        """Wait while a local budget is exceeded (the pipeline is behind);
+        BackpressureError(kind="admission") after admission_timeout_ms."""
+        if self._t0_max is None and (self._t1_max is None or self._backend is None):
+            return
+        timeout_ms = self._config.tiers.admission_timeout_ms if timeout_ms is None else timeout_ms
+        deadline = time.monotonic() + timeout_ms / 1000
+        with self._cond:
+            self._waiting_admission += 1
+        try:
+            while True:
+                self._life.check()
+                why = self._behind()
+                if why is None:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    behind = self._failures.last()
+                    cause = f"; the pipeline's last error: {behind}" if behind is not None else ""
+                    raise errors.BackpressureError(
+                        "admission",
+                        f"{self.path}: local disk budget full: {why}, and nothing can be evicted yet "
+                        f"(waited admission_timeout_ms={timeout_ms}{cause}). Everything appended so far is "
+                        "safe; retry once compression and upload catch up, or raise the budget",
+                    )
+                with self._cond:
+                    self._cond.notify_all()
+                    self._cond.wait(min(remaining, 0.05))
+        finally:
+            with self._cond:
+                self._waiting_admission -= 1
+
+    # ------------------------------------------------------------ local work
+
+    def _local_pass(self) -> bool:
+        """Compress what Tier 1 lacks, then evict Tier 0 over budget. True
+        when it did something (look again at once)."""
+        self._maybe_seal()
+        recs = self._sealed()
+        t0 = self._t0_files(recs)
+        # a segment Tier 2 holds needs no Tier 1 copy to leave Tier 0
+        todo = [r for r in recs if "t1" not in r.tiers and "t2" not in r.tiers and r.segment_id in t0]
+        self._pending["compression"] = len(todo)
+        for r in todo:
+            if self._stopped():
+                return False
+            if self._failures.ready("compress", r.segment_id):
+                self._compress(r)
+                return True
+        return self._evict("t0", recs, t0, self._t0_max, lambda r: "t1" in r.tiers or "t2" in r.tiers)
+
+    def _compress(self, r: SegmentRecord) -> None:
+        sid = r.segment_id
+        src, dst = layout.segment_path(self.path, sid), layout.tier1_path(self.path, sid)
+        tier1 = self._config.tier1
+        self._manifest.record_tier(sid, "CompressionStarted", level=tier1.level)
+        try:
+            info = compress_segment(src, dst, level=tier1.level, frame_bytes=tier1.frame_bytes)
+            hit("tier.after_compress")
+        except FileNotFoundError:
+            return  # evicted meanwhile: nothing to compress from
+        except (errors.Error, OSError) as e:
+            self._failures.failed("compress", sid, e)
+            self._manifest.record_tier(sid, "CompressionFailed", reason=_reason(e), error=str(e))
+            return
+        self._failures.done("compress", sid)
+        self._manifest.record_tier(
+            sid,
+            "CompressionDone",
+            add=("t1",),
+            facts={"t1_bytes": info.compressed_bytes, "t1_crc": info.crc32c},
+            bytes=info.compressed_bytes,
+            original=info.original_bytes,
+            frames=info.frames,
+        )
+        self.notify()  # the remote worker has a file to upload
+
+    def _maybe_seal(self) -> None:
+        interval = self._config.tiers.seal_interval_s
+        if interval is None:
+            return
+        live = self._reads.live()
+        if not live:
+            return
+        seg = live[-1]
+        info = seg.info()
+        if not info.record_count:
+            return
+        _, _, _, _, tss, _, _ = seg.scan(0, 0, 1)
+        if tss and time.time() * 1000 - tss[0] >= interval * 1000:
+            with contextlib.suppress(errors.TransactionError):
+                self._seal()
+
+    # ------------------------------------------------------------ remote work
+
+    def _remote_pass(self) -> bool:
+        """Upload what Tier 2 lacks, then evict Tier 1 over budget."""
+        assert self._backend is not None
+        recs = self._sealed()
+        t1 = self._t1_files(recs)
+        todo = [r for r in recs if "t2" not in r.tiers and "t1" in r.tiers and r.segment_id in t1]
+        self._pending["upload"] = len(todo)
+        for r in todo:
+            if self._stopped():
+                return False
+            if self._failures.ready("upload", r.segment_id):
+                self._upload(r)
+                return True
+        return self._evict("t1", recs, t1, self._t1_max, lambda r: "t2" in r.tiers)
+
+    def _upload(self, r: SegmentRecord) -> None:
+        assert self._backend is not None
+        sid = r.segment_id
+        src, name = layout.tier1_path(self.path, sid), segment_object_name(sid)
+        self._manifest.record_tier(sid, "UploadStarted", object=name)
+        try:
+            size, checksum = file_digest(src)
+            self._backend.put(name, src, records=r.record_count)
+            # confirmed by reading the object's facts back, not assumed from the put
+            hit("tier.after_upload")
+            got = self._backend.head(name)
+            if (got.size, got.checksum) != (size, checksum):
+                raise errors.Tier2Error(
+                    f"{self._backend.url}/{name}: the stored object is {got.size} bytes with SHA-256 "
+                    f"{got.checksum}, the upload was {size} bytes with {checksum}",
+                    reason="checksum_mismatch",
+                    retryable=True,
+                )
+        except FileNotFoundError:
+            return  # evicted meanwhile
+        except (errors.Error, OSError) as e:
+            self._failures.failed("upload", sid, e)
+            self._manifest.record_tier(sid, "UploadFailed", reason=_reason(e), error=str(e))
+            return
+        self._failures.done("upload", sid)
+        self._manifest.record_tier(
+            sid, "UploadDone", add=("t2",), facts={"t2_bytes": size, "t2_checksum": checksum}, object=name, bytes=size
+        )
+        self.notify()  # Tier 1 copies may go now
+
+    # ------------------------------------------------------------ eviction
+
+    def _evict(
+        self,
+        tier: str,
+        recs: list[SegmentRecord],
+        files: dict[int, int],
+        budget: int | None,
+        held_below: Callable[[SegmentRecord], bool],
+    ) -> bool:
+        """Delete tier's files, least recently used first, while the tier is
+        over budget, of segments a lower tier durably holds."""
+        if budget is None:
+            self._pending["eviction"] = 0
+            return False
+        total = sum(files.values())
+        # a segment a reader here opened moments ago stays a little, so a
+        # budget of 0 does not make every read of old records fetch twice
+        fresh = time.monotonic() - _EVICT_GRACE_S
+        candidates = [
+            r
+            for r in recs
+            if r.segment_id in files and held_below(r) and self._last_used.get(r.segment_id, 0.0) < fresh
+        ]
+        candidates.sort(key=lambda r: (self._last_used.get(r.segment_id, 0.0), r.segment_id))
+        self._pending["eviction"] = len(candidates) if total > budget else 0
+        did = False
+        for r in candidates:
+            if total <= budget or self._stopped():
+                break
+            sid = r.segment_id
+            path = layout.segment_path(self.path, sid) if tier == "t0" else layout.tier1_path(self.path, sid)
+            # the manifest first: it must never name a copy that is gone
+            self._manifest.record_tier(sid, "LocalEvicted", remove=(tier,), tier=tier, bytes=files[sid])
+            hit("tier.before_unlink")
+            if tier == "t0":
+                self._reads.forget_segment(sid)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            total -= files[sid]
+            did = True
+        if did:
+            layout.fsync_dir(os.path.dirname(path))
+            with self._cond:
+                self._cond.notify_all()  # appends waiting for admission
+        return did
+
+    # ------------------------------------------------------------ drain, stats
+
+    def pending(self) -> dict[str, int]:
+        """Work the pipeline knows of: compression, upload, eviction."""
+        return dict(self._pending)
+
+    def _outstanding(self) -> str | None:
+        """What is left to do, from the manifest and the files (None: nothing)."""
+        recs = self._sealed()
+        t0, t1 = self._t0_files(recs), self._t1_files(recs)
+        for r in recs:
+            if "t1" not in r.tiers and "t2" not in r.tiers and r.segment_id in t0:
+                return f"segment {r.segment_id} waits for compression"
+            if self._backend is not None and "t2" not in r.tiers:
+                return f"segment {r.segment_id} waits for upload"
+        if self._t0_max is not None and sum(t0.values()) > self._t0_max:
+            if any(("t1" in r.tiers or "t2" in r.tiers) and r.segment_id in t0 for r in recs):
+                return "Tier 0 is over budget"
+        if self._backend is not None and self._t1_max is not None and sum(t1.values()) > self._t1_max:
+            if any("t2" in r.tiers and r.segment_id in t1 for r in recs):
+                return "Tier 1 is over budget"
+        return None
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until nothing is pending; raise a step's error once it
+        failed several passes in a row, TimeoutError after timeout seconds."""
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
+        while True:
+            self._life.check()
+            left = self._outstanding()
+            if left is None:
+                return
+            stuck = self._failures.stuck(began)
+            if stuck is not None:
+                raise stuck
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"{self.path}: tiers not drained after {timeout} s: {left}")
+            with self._cond:
+                self._cond.notify_all()
+                self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+
+    def stats(self) -> dict[str, Any]:
+        """The pipeline's part of Store.stats()."""
+        res = self.residency()
+        tier_bytes = {t: sum(r.tiers.get(t, 0) for r in res) for t in ("t0", "t1", "t2")}
+        tier_segments = {t: sum(1 for r in res if t in r.tiers) for t in ("t0", "t1", "t2")}
+        out: dict[str, Any] = {
+            "tier_bytes": tier_bytes,
+            "tier_segments": tier_segments,
+            "queues": {
+                "activation": self._waiting_admission,
+                "compression": self._pending["compression"],
+                "upload": self._pending["upload"],
+                "eviction": self._pending["eviction"],
+            },
+        }
+        if self._backend is not None:
+            behind = [r for r in self._sealed() if "t2" not in r.tiers]
+            oldest = min((r.sealed_ms for r in behind), default=None)
+            out["tier2_lag"] = {
+                "records": sum(r.record_count for r in behind),
+                "bytes": sum(r.file_bytes for r in behind),
+                "seconds": 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000),
+            }
+        last = self._failures.last()
+        out["tier_error"] = None if last is None else str(last)
+        return out
+
+    def _stopped(self) -> bool:
+        return self._stopping
+
+
+def residency(path: str, manifest: Manifest) -> list[Residency]:
+    """Per sealed segment of the store at path, which tiers hold it and the
+    bytes in each: local tiers as the files are now, Tier 2 as confirmed."""
+    recs = [r for r in manifest.segments() if r.state == "sealed"]
+    t0 = _sizes({r.segment_id: layout.segment_path(path, r.segment_id) for r in recs})
+    t1 = _sizes({r.segment_id: layout.tier1_path(path, r.segment_id) for r in recs})
+    out = []
+    for r in recs:
+        tiers: dict[str, int] = {}
+        if r.segment_id in t0:
+            tiers["t0"] = t0[r.segment_id]
+        if r.segment_id in t1:
+            tiers["t1"] = t1[r.segment_id]
+        if "t2" in r.tiers:
+            tiers["t2"] = r.t2_bytes
+        out.append(Residency(r.segment_id, tiers))
+    return out
+
+
+def _sizes(paths: dict[int, str]) -> dict[int, int]:
+    out = {}
+    for sid, p in paths.items():
+        try:
+            out[sid] = os.stat(p).st_size
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _reason(e: BaseException) -> str:
+    """The operations guide's reason code for a failed step."""
+    reason = getattr(e, "reason", None)
+    if isinstance(reason, str):
+        return reason
+    if isinstance(e, errors.CorruptionError):
+        return "corruption"
+    if isinstance(e, OSError | errors.StorageError):
+        return "io_error"
+    return type(e).__name__
+
+
+def _remove_stale_temporaries(root: str, older_than_s: float = 600.0) -> None:
+    """Temporary files of hydrations or compressions cut short by a crash
+    (newer ones may belong to a live reader's hydration in another process)."""
+    now = time.time()
+    for d in (os.path.join(root, "segments"), layout.tier1_dir(root)):
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            continue
+        for n in names:
+            if n.endswith((".part", ".tmp")):
+                p = os.path.join(d, n)
+                with contextlib.suppress(FileNotFoundError):
+                    if now - os.stat(p).st_mtime > older_than_s:
+                        os.unlink(p)
