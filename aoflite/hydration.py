@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import secrets
 import threading
@@ -122,7 +123,7 @@ class Hydrator:
                     )
                 fut = self._pool.submit(self._hydrate, segment_id)
                 self._inflight[segment_id] = fut
-                fut.add_done_callback(lambda _, sid=segment_id: self._finished(sid))
+                fut.add_done_callback(functools.partial(self._finished, segment_id))
             return fut
 
     def pending(self) -> int:
@@ -135,7 +136,7 @@ class Hydrator:
             self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _finished(self, segment_id: int) -> None:
+    def _finished(self, segment_id: int, _: object) -> None:
         with self._lock:
             self._inflight.pop(segment_id, None)
 

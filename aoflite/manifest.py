@@ -476,7 +476,7 @@ class Manifest:
                 return None
             rec = SegmentRecord.from_json(raw)
             if add or remove or facts:
-                tiers = [t for t in ("t0", "t1", "t2") if (t in rec.tiers or t in add) and t not in remove]
+                tiers: list[str] = [t for t in ("t0", "t1", "t2") if (t in rec.tiers or t in add) and t not in remove]
                 rec = attrs.evolve(rec, tiers=tiers, **(facts or {}))
                 txn.put(_U64.pack(segment_id), rec.to_json(), db=segs)
             self._event(txn, event, segment=segment_id, **fields)

@@ -410,7 +410,7 @@ class Store:
         """A snapshot of the handle's state, for operators and tests."""
         self._life.check()
         live = self._reads.live()
-        out = {
+        out: dict[str, Any] = {
             "path": self.path,
             "readonly": self.readonly,
             "durability": self.config.durability.mode,
