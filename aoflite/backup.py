@@ -10,6 +10,11 @@ it (whole batches only). Opening the copy runs the ordinary recovery,
 which records the seals and adopts the segments the snapshot did not know
 yet. A copy made with ``cp -r`` of a live store can catch the manifest and
 a segment mid-write; this cannot.
+
+Consumer cursors are copied after the records, so each is as fresh as it
+can be, and clamped to the LSN the copy holds up to: a consumer that saved
+a position past it while the copy was made is taken to have consumed
+everything in the copy, never records the copy does not have.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import shutil
 
 from . import errors, layout
+from .cursors import copy_cursors
 from .manifest import Manifest
 from .segment import Feed, Segment
 
@@ -73,6 +79,7 @@ def _copy(path: str, manifest: Manifest, feed: Feed | None, dest: str) -> int:
         _write_file(dst, data)
         if info.record_count:
             last_lsn = max(last_lsn, info.last_lsn)
+    copy_cursors(path, dest, last_lsn)
     # the marker last: until it is there, the copy is not a store
     _copy_file(os.path.join(path, layout.MARKER), os.path.join(dest, layout.MARKER))
     for d in (os.path.join(dest, "segments"), layout.manifest_dir(dest), dest, os.path.dirname(dest)):

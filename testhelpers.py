@@ -1,6 +1,17 @@
-"""Invariants a store must satisfy after any crash, shared by the crash,
-failpoint and power-loss suites.
+"""Test helpers shared by the unit tests (tests/) and the crash-recovery
+suite (fuzz/), so neither suite imports the other's modules.
 
+It lives at the top of the checkout, not in tests/ or fuzz/: pytest puts
+the checkout on sys.path for both suites (``pythonpath = ["."]`` in
+pyproject.toml), and so does every child process the suites start, so it
+is imported by one name, ``testhelpers``, everywhere. (tests/ is not a
+package and is on sys.path only once one of its modules is collected;
+importing it as ``tests.helpers`` from fuzz/ would load a second copy,
+with a second ``InvariantError`` that ``except`` clauses would miss.)
+Machinery only the crash-recovery suite uses (the workload child, power
+loss, the coverage counters) stays in fuzz/.
+
+Invariants a store must satisfy after any crash:
 ``check_recovered(path, appended, acked, batches)`` opens the store at path
 (running recovery) and checks, against what the test appended:
 
@@ -20,7 +31,9 @@ It returns the surviving counts so a stateful test can continue from them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import aoflite
 from aoflite import layout
@@ -143,3 +156,27 @@ def copy_tree(src: str, dst: str) -> None:
         for name in files:
             with open(os.path.join(root, name), "rb") as f, open(os.path.join(dst, rel, name), "wb") as g:
                 g.write(f.read())
+
+
+def in_thread(target: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    """Run target(*args) in a daemon thread; returns a join(timeout=60)
+    that waits, re-raises the thread's failure and returns its result."""
+    out: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            out["result"] = target(*args)
+        except BaseException as e:  # handed to the test thread
+            out["error"] = e
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+
+    def join(timeout: float = 60) -> Any:
+        t.join(timeout)
+        assert not t.is_alive(), "a thread did not finish"
+        if "error" in out:
+            raise out["error"]
+        return out["result"]
+
+    return join
