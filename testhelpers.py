@@ -91,9 +91,12 @@ def check_recovered(
     appended: every value appended to each key, in offset order (rolled
     back transactions excluded); acked: how many of each key's first
     records were acknowledged durable; batches: groups of (key, offset)
-    that must survive all together or not at all."""
+    that must survive all together or not at all. Records below a key's
+    retired mark were removed by retention (whole segments, so whole
+    batches), never lost."""
     with aoflite.open(path, **open_kwargs) as db:
         survived: dict[str, int] = {}
+        kept_from: dict[str, int] = {}
         seen_keys = set(db.keys())
         for key, values in appended.items():
             n = db.count(key)
@@ -101,14 +104,16 @@ def check_recovered(
                 _fail(f"key {key!r}: {acked[key]} records acknowledged, {n} survived")
             if n > len(values):
                 _fail(f"key {key!r}: {n} records after recovery, only {len(values)} appended")
+            known = db.manifest.lookup_key(key)
+            start = kept_from[key] = db.manifest.retired_below(known[0]) if known else 0
             got = list(db.scan(key))
-            if [r.offset for r in got] != list(range(n)):
-                _fail(f"key {key!r}: offsets {[r.offset for r in got][:20]}... are not dense 0..{n - 1}")
+            if [r.offset for r in got] != list(range(start, n)):
+                _fail(f"key {key!r}: offsets {[r.offset for r in got][:20]}... are not dense {start}..{n - 1}")
             for r in got:
                 if r.value != values[r.offset]:
                     _fail(f"key {key!r} offset {r.offset}: value differs from what was appended")
             last = db.last(key)
-            if (last is None) != (n == 0) or (last is not None and last.offset != n - 1):
+            if (None if last is None else last.offset) != (n - 1 if n > start else None):
                 _fail(f"key {key!r}: last() {last!r} disagrees with count() {n}")
             if n and key not in seen_keys:
                 _fail(f"key {key!r} has records but keys() omits it")
@@ -117,7 +122,7 @@ def check_recovered(
         if extra:
             _fail(f"keys() lists keys never appended: {sorted(extra)[:5]}")
         for batch in batches:
-            alive = [off < survived.get(key, 0) for key, off in batch]
+            alive = [kept_from.get(key, 0) <= off < survived.get(key, 0) for key, off in batch]
             if any(alive) and not all(alive):
                 _fail(f"batch {list(batch)[:6]} is partly visible: {alive[:6]}")
         lsns = []
@@ -129,8 +134,9 @@ def check_recovered(
                 _fail(f"scan_all yields {r.key!r} offset {r.offset} beyond count()")
         if any(b <= a for a, b in zip(lsns, lsns[1:])):
             _fail("scan_all is not in strictly increasing LSN order")
-        if total != sum(survived.values()):
-            _fail(f"scan_all yields {total} records, keys hold {sum(survived.values())}")
+        held = sum(n - kept_from.get(k, 0) for k, n in survived.items())
+        if total != held:
+            _fail(f"scan_all yields {total} records, keys hold {held}")
         if append_after and not db.readonly:
             top = lsns[-1] if lsns else 0
             for key, n in survived.items():

@@ -49,6 +49,17 @@ def _names(root: str) -> list[str]:
         return []
 
 
+def saved(root: str) -> dict[str, int]:
+    """Every saved cursor of the store at root: name -> LSN (what retention
+    must not remove unless a hard byte budget forces it)."""
+    out = {}
+    for name in _names(root):
+        got = _load(root, name)
+        if got is not None:
+            out[name] = got[0]
+    return out
+
+
 def _load(root: str, name: str) -> tuple[int, object] | None:
     """The saved LSN of cursor name and when it was saved (ms since the
     epoch), or None when it was never saved."""

@@ -126,6 +126,11 @@ class Hydrator:
                 fut.add_done_callback(functools.partial(self._finished, segment_id))
             return fut
 
+    def fetch_tier1(self, rec: SegmentRecord, dest: str) -> None:
+        """Download the Tier 2 object of rec (its Tier 1 file) to dest,
+        checked against what the manifest recorded (for backups)."""
+        self._fetch(rec, dest)
+
     def pending(self) -> int:
         """Segments being fetched or waiting for a worker."""
         return len(self._inflight)

@@ -255,6 +255,11 @@ class Reads:
             if got is not None:
                 return _new_record(Record, (key, offset, *got))
         check_offset("offset", offset)
+        if kid is not None and offset < self._manifest.retired_below(kid):
+            raise errors.NotFound(
+                f"{self.path}: key {key!r} offset {offset} was retired by retention (the key's oldest "
+                f"record kept is at offset {self._manifest.retired_below(kid)})"
+            )
         raise errors.NotFound(f"{self.path}: no record at key {key!r} offset {offset}")
 
     def _read(self, kid: int, offset: int, wait: bool = True) -> tuple[int, int, bytes, bool] | None:
@@ -282,6 +287,7 @@ class Reads:
 
     def _scan(self, key: str, kid: int, off: int, stop: int | None, wait: bool = True) -> Iterator[Record]:
         refreshed = False
+        off = max(off, self._manifest.retired_below(kid))  # retention took what lies below
         while stop is None or off < stop:
             self._life.check()
             seg = self._find(kid, off, wait)
@@ -348,6 +354,29 @@ class Reads:
 
     # ---------------------------------------------------- positions
 
+    def find_lsn(self, time_ms: int) -> int | None:
+        """See Store.find_lsn."""
+        self._life.check()
+        if type(time_ms) is not int:
+            raise TypeError(f"time_ms must be an int (milliseconds since the epoch), not {type(time_ms).__name__}")
+        self.refresh()
+        # the segments' first timestamps narrow it to one segment: the last
+        # one that starts before time_ms (its later records may reach it),
+        # else the first one at or after it
+        starts = [(r.first_ts_ms, r.first_lsn) for r in self._manifest.segments() if r.state == "sealed"]
+        for seg in self.view.live:
+            info = seg.info()
+            if info.record_count and info.first_lsn > max((lsn for _, lsn in starts), default=0):
+                starts.append((recovery.first_timestamp(seg), info.first_lsn))
+        if not starts:
+            return None
+        i = bisect_left([ts for ts, _ in starts], time_ms)
+        lsn = starts[max(i - 1, 0)][1]
+        for rec in self._scan_all(lsn):
+            if rec.timestamp_ms >= time_ms:
+                return rec.lsn
+        return None
+
     def batch_end_at(self, lsn: int) -> bool:
         """Whether the record at lsn ends its batch (ValueError when there
         is no record at lsn)."""
@@ -355,6 +384,10 @@ class Reads:
             if rec.lsn == lsn:
                 return rec.batch_end
             break
+        if self._manifest.retired_through():
+            first = self._manifest.segments()
+            if first and lsn < first[0].first_lsn:
+                return True  # retired: a position before the oldest record kept
         raise ValueError(f"{self.path}: no record has LSN {lsn}")
 
     def segment_spans(self) -> list[tuple[int, int, int]]:

@@ -307,9 +307,18 @@ class Store:
         return self._reads.prefetch(key, start, stop)
 
     def last(self, key: str) -> Record | None:
-        """The key's newest record, or None when it has none."""
+        """The key's newest record, or None when it has none (or retention
+        retired all of them)."""
         n = self.count(key)
-        return self.read(key, n - 1) if n else None
+        if not n:
+            return None
+        try:
+            return self.read(key, n - 1)
+        except errors.NotFound:
+            known = self._manifest.lookup_key(key)
+            if known is not None and n <= self._manifest.retired_below(known[0]):
+                return None  # every record of the key was retired
+            raise
 
     def count(self, key: str) -> int:
         """Records ever appended to key: its next offset."""
@@ -344,7 +353,19 @@ class Store:
                 raise ValueError("give start_lsn or cursor, not both")
             self._life.check()
             start_lsn = self._cursors.lsn(cursor) + 1
+            self._check_overrun(cursor, start_lsn)
         return self._reads.tail_all(start_lsn, timeout)
+
+    def _check_overrun(self, cursor: str, start_lsn: int) -> None:
+        """A cursor whose next records retention removed (a hard byte
+        budget forced it) must not resume as if nothing happened."""
+        for event in self._manifest.ledger():
+            if event["type"] == "CursorOverrun" and event["cursor"] == cursor and event["lost_to"] >= start_lsn:
+                raise errors.NotFound(
+                    f"{self.path}: cursor {cursor!r} resumes at LSN {start_lsn}, but retention removed LSNs "
+                    f"{event['lost_from']}..{event['lost_to']} before it consumed them (a byte budget forced "
+                    f"it); save the cursor at {event['lost_to']} to go on from the oldest record kept"
+                )
 
     def atail(self, key: str, start: int = 0, timeout: float | None = None) -> AsyncIterator[Record]:
         """tail() as an async iterator: the waiting happens in a worker
@@ -384,7 +405,8 @@ class Store:
         which can catch the manifest and a segment mid-write."""
         self._life.check()
         feed = self._writes.feed if self._writes is not None else self._follower.feed if self._follower else None
-        return _backup.backup(self.path, self._manifest, feed, os.fspath(dest_path))
+        fetch = self._hydrator.fetch_tier1 if self._hydrator is not None else None
+        return _backup.backup(self.path, self._manifest, feed, os.fspath(dest_path), fetch)
 
     # ------------------------------------------------------------ tiers
 
@@ -393,6 +415,13 @@ class Store:
         ``(segment_id, tiers)`` with tiers mapping "t0", "t1", "t2" to bytes."""
         self._life.check()
         return residency(self.path, self._manifest)
+
+    def find_lsn(self, time_ms: int) -> int | None:
+        """The LSN of the first record whose timestamp is at or after
+        time_ms (None: none is). Narrowed by the manifest's per-segment
+        times, then one segment is scanned. Exact when timestamps grow with
+        LSN, as the default ones (the append time) do."""
+        return self._reads.find_lsn(time_ms)
 
     def drain_tiers(self, timeout: float | None = None) -> None:
         """Wait until the tier pipeline has nothing pending: every sealed

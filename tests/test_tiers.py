@@ -129,7 +129,7 @@ def test_outage_backpressure_then_catch_up(tmp_path):
     everything acknowledged stays readable; once Tier 2 is back, the
     backlog uploads by itself and appends resume."""
     bucket = tmp_path / "nas"  # not mounted yet
-    db = tiered(tmp_path / "s", bucket, admission_timeout_ms=200, **FAST)
+    db = tiered(tmp_path / "s", bucket, admission_timeout_ms=2_000, **FAST)
     try:
         counts: dict[str, int] = {}
         refused = None
@@ -387,3 +387,20 @@ def test_pipeline_against_s3(s3_server, tmp_path):
         names = {o.object_name for o in s3_server.client().list_objects(s3_server.bucket, prefix=prefix + "/", recursive=True)}
         assert {f"{prefix}/{segment_object_name(r.segment_id)}" for r in res} <= names
         check_all(db, counts)
+
+
+def test_backup_of_a_tiered_store_is_self_contained(tmp_path, tier2):
+    """backup() of a store whose sealed segments live only in Tier 2 takes
+    them into the copy's Tier 1: the copy reads everything with no Tier 2,
+    keeps no Tier 2 URL, and verifies."""
+    with tiered(tmp_path / "s", tier2) as db:
+        counts = fill(db, 8_000)
+        db.drain_tiers(timeout=60)
+        assert all(set(r.tiers) == {"t2"} for r in db.residency())
+        upto = db.backup(str(tmp_path / "copy"))
+    with aoflite.open(str(tmp_path / "copy")) as copy:
+        assert copy.config.tier2.url is None
+        assert all(set(r.tiers) == {"t1"} for r in copy.residency())
+        check_all(copy, counts)
+        assert max(r.lsn for r in copy.scan_all()) == upto
+        assert copy.verify() == len(copy.residency())
