@@ -151,7 +151,7 @@ class Tier1Config:
     # zstd level; 1 compresses at several hundred MB/s
     level: int = attrs.field(default=1, validator=_int_range(-7, 22))
     # bytes of segment per independent frame: what a cold point read fetches
-    frame_bytes: int = attrs.field(default=1 * MiB, validator=_int_range(64 * KiB, 64 * MiB))
+    frame_bytes: int = attrs.field(default=1 * MiB, validator=_int_range(256 * KiB, 1 * MiB))
 
 
 @attrs.frozen

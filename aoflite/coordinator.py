@@ -222,7 +222,8 @@ class Coordinator:
                 busy = one_pass()
             except errors.ClosedError:
                 return
-            except Exception:  # a pass never dies: each step records its own failure
+            except Exception as e:  # a bug or an unforeseen error: never the end of the pipeline
+                self._failures.failed("pass", 0, e)
                 busy = False
             with self._cond:
                 self._passes += 1

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors, layout, recovery
 from .args import U64_END, check_key, check_offset, check_timeout
+from .coldread import LOCAL, ColdReads
 from .config import Config
 from .failpoints import hit
 from .keys import Keys
@@ -80,6 +81,8 @@ class Reads:
         # the tiers' plug-in: brings an evicted segment's file back
         self.hydrator: Hydrator | None = None
         self.on_use: Callable[[int], None] | None = None
+        # point reads of segments only Tier 2 holds, by ranged requests
+        self.cold: ColdReads | None = None
 
     # ------------------------------------------------------ the view
 
@@ -270,8 +273,16 @@ class Reads:
             got = seg.read(kid, offset)
             if got is not None:
                 return got
-        sealed = self._sealed_segment_of(view, kid, offset, wait)
-        return sealed.read(kid, offset) if sealed is not None else None
+        ranges = self._key_ranges(view, kid)
+        i = bisect_left(ranges, offset, key=_first)
+        if i == len(ranges) or offset < ranges[i][2]:
+            return None
+        sid = ranges[i][1]
+        if self.cold is not None and sid not in self._sealed:
+            got = self.cold.read(sid, kid, offset)
+            if got is not LOCAL:
+                return got  # type: ignore[return-value]
+        return self.segment(sid, wait).read(kid, offset)
 
     def scan(
         self, key: str, start: int = 0, stop: int | None = None, *, nonblocking: bool = False

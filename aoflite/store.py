@@ -29,6 +29,7 @@ from .config import Config
 from .coordinator import Coordinator, Residency, open_tier2, residency, tiering_enabled
 from .cursors import Cursor, CursorInfo, Cursors
 from .failpoints import hit
+from .coldread import ColdReads
 from .follow import Follower
 from .hydration import Hydrator
 from .keys import Keys
@@ -160,6 +161,8 @@ class Store:
             reads = self._reads = Reads(self.path, store_id, self._manifest, keys, config, self._life)
             backend = open_tier2(config)
             self._hydrator = reads.hydrator = Hydrator(self.path, self._manifest, backend, config, ledger=not readonly)
+            if backend is not None:
+                reads.cold = ColdReads(self.path, self._manifest, backend)
             if readonly:
                 self._follower = Follower(self.path, store_id, self._manifest, reads)
             else:

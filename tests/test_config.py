@@ -26,7 +26,7 @@ INT_SETTINGS = {
     "poll_interval_ms": (1, 60_000),
     "lock_timeout_ms": (0, 3_600_000),
     "tier1_level": (-7, 22),
-    "tier1_frame_bytes": (64 << 10, 64 * MiB),
+    "tier1_frame_bytes": (256 << 10, 1 * MiB),
     "tier2_retry_max_attempts": (1, 1000),
     "tier2_retry_base_delay_ms": (0, 3_600_000),
     "tier2_retry_max_delay_ms": (0, 3_600_000),

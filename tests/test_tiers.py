@@ -404,3 +404,75 @@ def test_backup_of_a_tiered_store_is_self_contained(tmp_path, tier2):
         check_all(copy, counts)
         assert max(r.lsn for r in copy.scan_all()) == upto
         assert copy.verify() == len(copy.residency())
+
+
+class CountingBackend:
+    """Wraps a backend, counting requests and bytes by kind."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.url = inner.url
+        self.calls: dict[str, int] = {}
+        self.bytes = 0
+
+    def __getattr__(self, name):
+        fn = getattr(self.inner, name)
+
+        def counted(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            out = fn(*args, **kwargs)
+            if name == "get_range":
+                self.bytes += len(out)
+            elif name == "get":
+                self.bytes += out.size
+            return out
+
+        return counted
+
+
+def test_cold_point_read_fetches_frames_not_the_segment(tmp_path, tier2):
+    """A point read of a segment only Tier 2 holds uses a few ranged
+    requests of single frames and no whole-object download; the record is
+    byte-identical, and a damaged object raises CorruptionError."""
+    from aoflite.coldread import ColdReads
+
+    with tiered(tmp_path / "s", tier2, tier1_frame_bytes=256 << 10) as db:
+        counts = fill(db, 12_000)
+        db.drain_tiers(timeout=60)
+        counting = CountingBackend(aoflite.coordinator.open_tier2(db.config))
+        db._reads.cold = ColdReads(db.path, db.manifest, counting)
+        sid = db.residency()[1].segment_id
+        for k in counts:
+            rec = db.read(k, counts[k] // 3)
+            assert rec.value == value(k, counts[k] // 3)
+        assert "get" not in counting.calls, "a point read downloaded a whole object"
+        seg_bytes = sum(r.tiers["t2"] for r in db.residency())
+        assert counting.bytes < seg_bytes / 5
+        assert not events(db, "HydrationStarted")
+        # every record of one segment, found from the manifest (no hydration)
+        inside = []
+        for k in counts:
+            kid = db.manifest.lookup_key(k)[0]
+            for last, seg, first_off, n in db.manifest.key_ranges(kid):
+                if seg == sid:
+                    inside += [(k, o) for o in range(first_off, first_off + n)]
+        db._reads.cold = ColdReads(db.path, db.manifest, counting)  # cold caches again
+        before = counting.calls.get("get_range", 0)
+        k, o = inside[len(inside) // 2]
+        assert db.read(k, o).value == value(k, o)
+        assert counting.calls["get_range"] - before <= 5, "seek table, footer, index, record"
+        # damaged: flip a byte inside a frame of that segment's object
+        obj = tier2 / segment_object_name(sid)
+        data = bytearray(obj.read_bytes())
+        data[len(data) // 3] ^= 0x55
+        obj.write_bytes(bytes(data))
+        db._reads.cold = ColdReads(db.path, db.manifest, counting)
+        wrong = 0
+        for k, o in inside[::7]:
+            try:
+                assert db.read(k, o).value == value(k, o)
+            except aoflite.CorruptionError as e:
+                assert segment_object_name(sid) in str(e)
+                wrong += 1
+        assert not os.path.exists(layout.segment_path(db.path, sid)), "the reads hydrated the segment"
+        assert wrong, "no read touched the damaged frame"
