@@ -278,7 +278,7 @@ class Reads:
         if i == len(ranges) or offset < ranges[i][2]:
             return None
         sid = ranges[i][1]
-        if self.cold is not None and sid not in self._sealed:
+        if self.cold is not None and wait and sid not in self._sealed:
             got = self.cold.read(sid, kid, offset)
             if got is not LOCAL:
                 return got  # type: ignore[return-value]
@@ -431,6 +431,8 @@ class Reads:
         live = self.view.live
         sid = self._manifest.segment_for_lsn(lsn)
         seg = self.segment(sid) if sid is not None else (live[0] if live else None)
+        if sid is not None:
+            self._prefetch_after(sid)
         names = self._keys.names
         pos = 0
         settled = retried = False
@@ -467,6 +469,17 @@ class Reads:
         # began, and then it took in the last records
         return self.follower and seg.refresh().reason == "sealed"
 
+    def _prefetch_after(self, segment_id: int) -> None:
+        """A store-wide scan entering segment_id: start fetching the next
+        sealed segment if it was evicted, so its hydration overlaps this
+        segment's scan."""
+        if self.hydrator is None:
+            return
+        nxt = self._manifest.segment_after(segment_id)
+        if nxt is not None and nxt.state == "sealed" and not os.path.exists(layout.segment_path(self.path, nxt.segment_id)):
+            with contextlib.suppress(errors.Error):  # only a head start: the scan fetches it anyway
+                self.hydrator.start(nxt.segment_id)
+
     def _segment_after(self, segment_id: int) -> Segment | None:
         """The segment following segment_id: the manifest's next one, or a
         live segment it does not list yet."""
@@ -475,6 +488,7 @@ class Reads:
         hit("segment_after.view_taken")
         rec = self._manifest.segment_after(segment_id)
         if rec is not None and rec.state == "sealed":
+            self._prefetch_after(rec.segment_id)
             return self.segment(rec.segment_id)
         later = [s for s in live if s.info().segment_id > segment_id]
         return min(later, key=lambda s: s.info().segment_id) if later else None
