@@ -24,6 +24,8 @@ from typing import Any
 
 from . import backup as _backup
 from . import errors, layout
+from . import health as _health
+from . import metrics as _metrics
 from .args import BytesLike
 from .config import Config
 from .cursors import Cursor, CursorInfo, Cursors
@@ -434,3 +436,46 @@ class Store:
     def __repr__(self) -> str:
         state = "closed" if self._life.closed else ("read-only" if self.readonly else "writable")
         return f"<aoflite.Store {self.path!r} {state}>"
+
+    # ------------------------------------------------------- operations
+    # Metrics and health: aoflite.metrics and aoflite.health do the work.
+
+    @property
+    def metrics(self) -> _metrics.StoreMetrics:
+        """This handle's metrics. ``register(registry)`` exports them in an
+        application's prometheus_client registry (or a new one of their
+        own); the store and the tier pipeline report failures and latencies
+        through its event methods (see aoflite.metrics)."""
+        found: _metrics.StoreMetrics | None = self.__dict__.get("_metrics")
+        if found is None:
+            found = self.__dict__.setdefault("_metrics", _metrics.StoreMetrics(self.path, self._ops_stats))
+        return found
+
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> _metrics.Server:
+        """Serve this handle's metrics at http://addr:port/metrics from a
+        daemon thread (port 0: any free port, then see ``.port``); ``close()``
+        the returned server to stop."""
+        return _metrics.serve(self.metrics, port, addr)
+
+    def health(self) -> _health.HealthReport:
+        """The [health] thresholds applied to this handle: each check says
+        whether it alerts, the tier it concerns and the mitigation."""
+        from . import admin
+
+        try:
+            stats: dict[str, Any] | None = self._ops_stats()
+            problems = admin.manifest_check(self)
+            stopped = None
+        except errors.Error as e:
+            stats, problems, stopped = None, [], str(e)
+        return _health.evaluate(
+            self.path, stats, self.metrics, self.config.health, writer=not self.readonly, stopped=stopped,
+            manifest_problems=problems,
+        )
+
+    def _ops_stats(self) -> dict[str, Any]:
+        """stats() and what the metrics and health read besides."""
+        out = self.stats()
+        out.setdefault("last_lsn", self._reads.last_lsn())
+        out.setdefault("manifest_version", self._manifest.ledger_seq())
+        return out
