@@ -29,15 +29,26 @@ def lock_holder(path: str) -> int | None:
             lines = f.read().splitlines()
     except OSError:
         return None
+    # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": the device in hex;
+    # a process waiting for the lock has a line starting "1: ->"
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    same_inode = []
     for line in lines:
         parts = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; blocked waiters start with "->"
-        if len(parts) < 6 or parts[1] != "FLOCK":
+        if len(parts) < 6 or parts[1] != "FLOCK" or not parts[4].isdigit():
             continue
-        dev_ino = parts[5].split(":")
-        if len(dev_ino) == 3 and dev_ino[2].isdigit() and int(dev_ino[2]) == st.st_ino:
+        if parts[5] == want:
             return int(parts[4])
-    return None
+        if parts[5].rsplit(":", 1)[-1] == str(st.st_ino):
+            same_inode.append(int(parts[4]))
+    # some file systems (btrfs subvolumes) show stat() another device number
+    # than /proc/locks: then trust the inode when the holder's own note agrees
+    try:
+        with open(os.path.join(path, "LOCK")) as f:
+            noted = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return noted if noted in same_inode else None
 
 
 def tiers_of(stats: dict[str, Any]) -> dict[str, dict[str, int]]:

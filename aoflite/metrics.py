@@ -252,7 +252,8 @@ class StoreMetrics:
         apart by their store label."""
         registry = registry if registry is not None else CollectorRegistry()
         _exporter(registry).add(self)
-        self._registries.append(registry)
+        if registry not in self._registries:
+            self._registries.append(registry)
         return registry
 
     def unregister(self) -> None:
@@ -321,20 +322,25 @@ class _Exporter(Collector):
 
     def __init__(self, registry: CollectorRegistry):
         self._stores: weakref.WeakSet[StoreMetrics] = weakref.WeakSet()
+        self._lock = threading.Lock()  # a scrape's thread iterates while others add
         registry.register(self)
 
     def add(self, metrics: StoreMetrics) -> None:
-        self._stores.add(metrics)
+        with self._lock:
+            self._stores.add(metrics)
 
     def remove(self, metrics: StoreMetrics) -> None:
-        self._stores.discard(metrics)
+        with self._lock:
+            self._stores.discard(metrics)
 
     def describe(self) -> list[Metric]:
         return [_family(name, ()) for name in METRICS]
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Any] = {name: _family(name, ("store",)) for name in METRICS}
-        for metrics in sorted(self._stores, key=lambda m: m.store):
+        with self._lock:
+            stores = sorted(self._stores, key=lambda m: m.store)
+        for metrics in stores:
             for name, labels, value in metrics._samples():
                 family = families[name]
                 label_values = [metrics.store, *(labels[k] for k in METRICS[name][2])]

@@ -92,6 +92,8 @@ def test_info(store):
     assert facts["time_ms"] == {"first": T0, "last": T0 + 600}
     assert facts["settings"] == {"segment_bytes": 1 << 20, "max_record_bytes": 16 << 20}
     assert facts["lock_holder_pid"] is None
+    with aoflite.open(store):
+        assert json.loads(run("info", store, "--json").stdout)["lock_holder_pid"] == os.getpid()
 
 
 def test_keys(store):
