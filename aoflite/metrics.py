@@ -44,11 +44,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from .errors import BackpressureError, Error
 from .logs import log_event
@@ -106,6 +102,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 log = logging.getLogger("aoflite")
+
+# prometheus_client is imported when metrics are first exported, not with
+# aoflite: an application that never exports them does not pay for it
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 
 class _Histogram:
@@ -250,7 +252,10 @@ class StoreMetrics:
         """Export this handle's metrics in registry (None: a new one of its
         own); returns the registry. Stores sharing a registry are told
         apart by their store label."""
-        registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry()
         _exporter(registry).add(self)
         if registry not in self._registries:
             self._registries.append(registry)
@@ -264,6 +269,8 @@ class StoreMetrics:
 
     def exposition(self) -> bytes:
         """This handle's metrics in Prometheus' text format."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
         registry = CollectorRegistry()
         _Exporter(registry).add(self)
         return generate_latest(registry)
@@ -316,9 +323,9 @@ def _stat_samples(stats: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, str
     yield "aoflite_manifest_replay_version", {}, stats.get("manifest_version", 0) or 0
 
 
-class _Exporter(Collector):
+class _Exporter:
     """The registry's view of every StoreMetrics added to it: one family
-    per metric, one sample set per store."""
+    per metric, one sample set per store (a prometheus_client Collector)."""
 
     def __init__(self, registry: CollectorRegistry):
         self._stores: weakref.WeakSet[StoreMetrics] = weakref.WeakSet()
@@ -344,7 +351,7 @@ class _Exporter(Collector):
             for name, labels, value in metrics._samples():
                 family = families[name]
                 label_values = [metrics.store, *(labels[k] for k in METRICS[name][2])]
-                if isinstance(family, HistogramMetricFamily):
+                if METRICS[name][0] == "histogram":
                     buckets, total = value
                     family.add_metric(label_values, buckets, total)
                 else:
@@ -353,6 +360,8 @@ class _Exporter(Collector):
 
 
 def _family(name: str, extra: tuple[str, ...]) -> Metric:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
     kind, doc, labels = METRICS[name]
     labels = (*extra, *labels)
     if kind == "counter":

@@ -123,3 +123,16 @@ def test_the_hot_path_is_untouched(db):
         db.append("k", b"v")
     assert dict(m._counts) == before
     assert db.append.__func__ is type(db._writes).append  # still the write room's own method
+
+
+def test_importing_aoflite_leaves_prometheus_client_alone():
+    """An application that never exports metrics does not pay for the import."""
+    import subprocess
+    import sys
+
+    import pathlib
+
+    code = "import sys, aoflite; print('prometheus_client' in sys.modules)"
+    root = pathlib.Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert r.stdout == "False\n"
