@@ -43,7 +43,15 @@ from .failpoints import hit
 from .lifecycle import Lifecycle
 from .manifest import Manifest, SegmentRecord
 from .reads import Reads
-from .tiers.base import RetryPolicy, Tier2Backend, file_digest, open_backend, segment_object_name
+from .tiers.base import (
+    ObjectInfo,
+    OnRetry,
+    RetryPolicy,
+    Tier2Backend,
+    file_digest,
+    open_backend,
+    segment_object_name,
+)
 from .tiers.seekable import compress_segment
 
 __all__ = ["Coordinator", "Residency", "open_tier2", "residency", "tiering_enabled"]
@@ -91,22 +99,67 @@ def retry_policy(config: Config, floor_ms: int = 0) -> RetryPolicy:
     )
 
 
-def open_tier2(config: Config, url: str | None = None) -> Tier2Backend | None:
-    """The configured Tier 2 backend (None when there is none)."""
+class _Metered:
+    """A backend that reports each request and the bytes it moved (the
+    object-store cost review counts them)."""
+
+    def __init__(self, inner: Tier2Backend, on_request: Callable[[str, int], None]):
+        self._inner = inner
+        self._on_request = on_request
+        self.url = inner.url
+
+    def put(self, name: str, path: str | os.PathLike[str], *, records: int) -> ObjectInfo:
+        info = self._inner.put(name, path, records=records)
+        self._on_request("put", info.size)
+        return info
+
+    def get(self, name: str, dest: str | os.PathLike[str]) -> ObjectInfo:
+        info = self._inner.get(name, dest)
+        self._on_request("get", info.size)
+        return info
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        data = self._inner.get_range(name, offset, length)
+        self._on_request("get", len(data))
+        return data
+
+    def head(self, name: str) -> ObjectInfo:
+        self._on_request("head", 0)
+        return self._inner.head(name)
+
+    def delete(self, name: str) -> None:
+        self._on_request("delete", 0)
+        self._inner.delete(name)
+
+    def list(self, prefix: str = "") -> list[str]:
+        self._on_request("list", 0)
+        return self._inner.list(prefix)
+
+
+def open_tier2(
+    config: Config,
+    url: str | None = None,
+    *,
+    on_retry: OnRetry | None = None,
+    on_request: Callable[[str, int], None] | None = None,
+) -> Tier2Backend | None:
+    """The configured Tier 2 backend (None when there is none); on_retry
+    hears of every retried request, on_request of every request."""
     t2 = config.tier2
     url = url or t2.url
     if url is None:
         return None
-    options: dict[str, Any] = {"retry": retry_policy(config)}
+    options: dict[str, Any] = {"retry": retry_policy(config), "on_retry": on_retry}
     if url.startswith("s3://"):
         options.update(
             endpoint=t2.endpoint, region=t2.region, access_key=t2.access_key, secret_key=t2.secret_key,
             ca_bundle=t2.ca_bundle,
         )
     try:
-        return open_backend(url, **options)
+        backend = open_backend(url, **options)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"setting tier2_url={url!r}: {e}") from None
+    return backend if on_request is None else _Metered(backend, on_request)
 
 
 class _Failures:
@@ -164,6 +217,10 @@ class Coordinator:
         self._config = config
         self._life = life
         self._seal = seal
+        #: told of each admission refusal: (kind, error)
+        self.on_backpressure: Callable[[str, BaseException], None] | None = None
+        #: told of each failed upload, which the pipeline tries again: (segment, error)
+        self.on_upload_failed: Callable[[int, BaseException], None] | None = None
         self._t0_max = config.tier0.max_bytes
         self._t1_max = config.tier1.max_bytes
         self._cond = threading.Condition()
@@ -290,12 +347,15 @@ class Coordinator:
                 if remaining <= 0:
                     behind = self._failures.last()
                     cause = f"; the pipeline's last error: {behind}" if behind is not None else ""
-                    raise errors.BackpressureError(
+                    refused = errors.BackpressureError(
                         "admission",
                         f"{self.path}: local disk budget full: {why}, and nothing can be evicted yet "
                         f"(waited admission_timeout_ms={timeout_ms}{cause}). Everything appended so far is "
                         "safe; retry once compression and upload catch up, or raise the budget",
                     )
+                    if self.on_backpressure is not None:
+                        self.on_backpressure("admission", refused)
+                    raise refused
                 with self._cond:
                     self._cond.notify_all()
                     self._cond.wait(min(remaining, 0.05))
@@ -423,6 +483,8 @@ class Coordinator:
         except (errors.Error, OSError) as e:
             self._failures.failed("upload", sid, e)
             self._manifest.record_tier(sid, "UploadFailed", reason=_reason(e), error=str(e))
+            if self.on_upload_failed is not None:
+                self.on_upload_failed(sid, e)
             return
         self._failures.done("upload", sid)
         self._manifest.record_tier(
@@ -602,12 +664,7 @@ class Coordinator:
 
     def stats(self) -> dict[str, Any]:
         """The pipeline's part of Store.stats()."""
-        res = self.residency()
-        tier_bytes = {t: sum(r.tiers.get(t, 0) for r in res) for t in ("t0", "t1", "t2")}
-        tier_segments = {t: sum(1 for r in res if t in r.tiers) for t in ("t0", "t1", "t2")}
         out: dict[str, Any] = {
-            "tier_bytes": tier_bytes,
-            "tier_segments": tier_segments,
             "queues": {
                 "activation": self._waiting_admission,
                 "compression": self._pending["compression"],

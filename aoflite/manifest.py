@@ -33,7 +33,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -192,6 +192,8 @@ class Manifest:
 
     def __init__(self, path: str, *, create: bool = False):
         self.path = path
+        # told of every failed commit (the metrics' metadata failures)
+        self.on_commit_failed: Callable[[errors.StorageError], None] | None = None
         self.env = _acquire_env(path, create)
         self._closed = False
         # close() waits for transactions under way in other threads: closing
@@ -262,9 +264,12 @@ class Manifest:
                 raise
         except (lmdb.Error, OSError) as e:
             err = getattr(e, "errno", 0) or 0
-            raise errors.StorageError(
+            failure = errors.StorageError(
                 err, f"committing to the manifest at {self.path}: {e} (check free space and the device)"
-            ) from None
+            )
+            if self.on_commit_failed is not None:
+                self.on_commit_failed(failure)
+            raise failure from None
         finally:
             self._leave()
 

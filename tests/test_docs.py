@@ -29,6 +29,28 @@ EXERCISED = {
     "python tools/bench.py": "tests/test_docs.py::test_bench_runs",
     "python tools/bench.py --json": "tests/test_docs.py::test_bench_runs",
     "python tools/gen_cdef.py": "tests/test_native.py (--check)",
+    # the aoflite command (docs/cli.md, operations.md, runbook.md): each one
+    # shown also runs as written in test_documented_aoflite_commands_run
+    "aoflite --help": "tests/test_docs.py::test_documented_aoflite_commands_run",
+    "aoflite info": "tests/test_cli.py::test_info",
+    "aoflite keys": "tests/test_cli.py::test_keys",
+    "aoflite cat": "tests/test_cli.py::test_cat_formats",
+    "aoflite tail": "tests/test_cli.py::test_tail_every_key_marks_batches, test_tail_follow_sees_new_records",
+    "aoflite ledger": "tests/test_cli.py::test_ledger",
+    "aoflite export": "tests/test_cli.py::test_export",
+    "aoflite backup": "tests/test_cli.py::test_backup",
+    "aoflite cursors": "tests/test_cli.py::test_cursors",
+    "aoflite segments list": "tests/test_cli.py::test_segments_list",
+    "aoflite seal": "tests/test_cli.py::test_seal_and_flush",
+    "aoflite flush": "tests/test_cli.py::test_seal_and_flush",
+    "aoflite verify": "tests/test_cli.py::test_verify_and_corruption",
+    "aoflite manifest check": "tests/test_cli.py::test_manifest_check",
+    "aoflite capacity": "tests/test_cli.py::test_capacity",
+    "aoflite config show": "tests/test_cli.py::test_config_show_masks_secrets",
+    "aoflite health": "tests/test_cli.py::test_health, test_golden_json",
+    "aoflite dump": "tests/test_cli.py::test_dump_table_then_summary_line, test_golden_json",
+    "aoflite metrics": "tests/test_cli.py::test_metrics_once, test_metrics_serve (--serve)",
+    "aoflite demo": "tests/test_cli.py::test_demo",
 }
 
 
@@ -161,3 +183,37 @@ def test_fuzz_script_profiles(args, profile):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"aoflite fuzz profile: {profile}" in r.stdout
     assert "test_powerloss.py" in r.stdout and "test_failpoints.py" in r.stdout
+
+
+def test_documented_aoflite_commands_run(tmp_path):
+    """Each `aoflite` command the docs show runs as written against a small
+    store (PATH, KEY and DEST filled in; -f with a short idle timeout),
+    except the ones that run until stopped or take minutes: --serve
+    (tests/test_cli.py::test_metrics_serve) and the bare demo
+    (tests/test_cli.py::test_demo)."""
+    import shlex
+
+    from click.testing import CliRunner
+    from test_cli import make_store
+
+    from aoflite import cli
+
+    store = str(tmp_path / "store")
+    make_store(store)
+    shown = sorted(c for c in set(shell_commands()) if c.startswith("aoflite "))
+    assert len(shown) > 20
+    ran = 0
+    for n, command in enumerate(shown):
+        if "--serve" in command or command == "aoflite demo":
+            continue
+        args = [
+            {"PATH": store if "demo" not in command else str(tmp_path / f"demo{n}"), "KEY": "k1",
+             "DEST": str(tmp_path / f"copy{n}")}.get(a, a)
+            for a in shlex.split(command)[1:]
+        ]
+        if "-f" in args:
+            args[args.index("--idle-timeout") + 1] = "0.2"
+        r = CliRunner().invoke(cli.cli, args, catch_exceptions=False)
+        assert r.exit_code == 0, (command, r.stderr)
+        ran += 1
+    assert ran == len(shown) - 2

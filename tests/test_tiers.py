@@ -89,7 +89,7 @@ def test_pipeline_moves_every_sealed_segment_down_and_reads_back(tmp_path, tier2
             assert order.index("UploadDone") < order.index("LocalEvictedt1"), order
             assert "LocalEvictedt0" in order, order
         stats = db.stats()
-        assert stats["tier_segments"] == {"t0": 0, "t1": 0, "t2": len(res)}
+        assert stats["tier_segments"] == {"t0": 1, "t1": 0, "t2": len(res)}  # t0: the active segment
         assert stats["tier2_lag"]["records"] == 0
         check_all(db, counts)
         assert db.verify() == len(res)
@@ -477,3 +477,24 @@ def test_cold_point_read_fetches_frames_not_the_segment(tmp_path, tier2):
                 wrong += 1
         assert not os.path.exists(layout.segment_path(db.path, sid)), "the reads hydrated the segment"
         assert wrong, "no read touched the damaged frame"
+
+
+def test_pipeline_events_reach_the_metrics(tmp_path):
+    """Retries, backpressure, hydrations and Tier 2 requests are counted in
+    the handle's metrics (and so reach health and the alert rules)."""
+    bucket = tmp_path / "later"
+    with tiered(tmp_path / "s", bucket, admission_timeout_ms=100, **{**FAST, "tier2_retry_max_attempts": 2}) as db:
+        with pytest.raises(aoflite.BackpressureError):
+            fill(db, 50_000)
+        m = db.metrics
+        deadline = time.monotonic() + 30
+        while m.count("upload_retries") < 1:  # the pipeline tries the upload again and again
+            assert time.monotonic() < deadline, "no upload failure was counted"
+            time.sleep(0.01)
+        bucket.mkdir()
+        db.drain_tiers(timeout=60)
+        list(db.scan("k0"))  # hydrates
+        text = m.exposition().decode()
+        assert 'aoflite_backpressure_events_total{kind="admission"' in text
+        assert "aoflite_hydration_latency_seconds_count" in text
+        assert 'aoflite_tier2_requests_total{op="put"' in text

@@ -10,4 +10,9 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]' --config
 if ! command -v zstd >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd >/dev/null
 fi
+# promtool (Debian's prometheus package): the alert rules are checked and
+# unit-tested with it (tests/test_alerts.py)
+if ! command -v promtool >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 exec python3 -m pytest "$@"
