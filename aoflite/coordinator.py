@@ -72,13 +72,13 @@ class Residency(NamedTuple):
 
 
 def tiering_enabled(config: Config) -> bool:
-    """Whether the pipeline runs: a Tier 2, a local budget or a retention
-    rule is set."""
+    """Whether the pipeline runs: a Tier 2, a local budget, a retention
+    rule or sealing on time is set."""
     r = config.retention
     return any(
         v is not None
         for v in (config.tier2.url, config.tier0.max_bytes, config.tier1.max_bytes, r.max_age_s, r.max_bytes,
-                  r.max_segments)
+                  r.max_segments, config.tiers.seal_interval_s)
     )
 
 

@@ -28,6 +28,21 @@ def value(key: str, offset: int) -> bytes:
     return hashlib.shake_128(f"{key}/{offset}".encode()).digest(300 + offset % 200)
 
 
+def fill_until_refused(db, limit: int) -> tuple[dict[str, int], aoflite.BackpressureError | None]:
+    """Append (as fill does) until an append is refused for backpressure,
+    at most limit records; returns the counts appended and the refusal."""
+    counts: dict[str, int] = {}
+    for i in range(limit):
+        k = f"k{i % 5}"
+        off = counts.get(k, 0)
+        try:
+            db.append(k, value(k, off))
+        except aoflite.BackpressureError as e:
+            return counts, e
+        counts[k] = off + 1
+    return counts, None
+
+
 def fill(db, n: int, counts: dict[str, int] | None = None) -> dict[str, int]:
     """Append n records over five keys, after counts (each key's records
     so far); returns the new counts."""
@@ -131,17 +146,7 @@ def test_outage_backpressure_then_catch_up(tmp_path):
     bucket = tmp_path / "nas"  # not mounted yet
     db = tiered(tmp_path / "s", bucket, admission_timeout_ms=2_000, **FAST)
     try:
-        counts: dict[str, int] = {}
-        refused = None
-        for i in range(200_000):  # bounded: the budgets of 0 fill within a few segments
-            k = f"k{i % 5}"
-            off = counts.get(k, 0)
-            try:
-                db.append(k, value(k, off))
-            except aoflite.BackpressureError as e:
-                refused = e
-                break
-            counts[k] = off + 1
+        counts, refused = fill_until_refused(db, 200_000)  # bounded: budgets of 0 fill in a few segments
         assert refused is not None and refused.kind == "admission"
         assert "tier0_max_bytes" in str(refused) or "tier1_max_bytes" in str(refused)
         assert "safe" in str(refused)
@@ -498,3 +503,78 @@ def test_pipeline_events_reach_the_metrics(tmp_path):
         assert 'aoflite_backpressure_events_total{kind="admission"' in text
         assert "aoflite_hydration_latency_seconds_count" in text
         assert 'aoflite_tier2_requests_total{op="put"' in text
+
+
+def s3_settings(s3_server, endpoint: str, prefix: str) -> dict:
+    return {
+        "tier2_url": f"s3://{s3_server.bucket}/{prefix}",
+        "tier2_endpoint": endpoint,
+        "tier2_access_key": s3_server.access_key,
+        "tier2_secret_key": s3_server.secret_key,
+    }
+
+
+def test_s3_outage_through_a_faulty_network_then_catch_up(s3_server, tmp_path):
+    """Through a proxy that answers 503 and resets connections: appends go
+    on, then admission backpressure at the budget; once the faults stop, the
+    backlog uploads by itself and every record reads back, through the
+    same proxy that now also truncates one download (refetched)."""
+    import urllib.parse
+
+    from faultproxy import FaultProxy
+
+    parts = urllib.parse.urlsplit(s3_server.endpoint)
+    if parts.scheme != "http":
+        pytest.skip("the fault proxy speaks plain HTTP only")
+    with FaultProxy((parts.hostname, parts.port), io_timeout=5.0) as proxy:
+        opts = {
+            **s3_settings(s3_server, proxy.endpoint, f"outage-{time.monotonic_ns()}"),
+            "segment_bytes": SEG, "tier0_max_bytes": 0, "tier1_max_bytes": 2 * SEG,
+            "admission_timeout_ms": 300, **FAST, "tier2_retry_max_attempts": 3,  # the truncated GET is retried
+        }
+        with aoflite.open(str(tmp_path / "s"), **opts) as db:
+            proxy.inject("error", times=10_000, method="PUT")  # the store answers 503 to every upload
+            proxy.inject("reset", times=10_000, method="HEAD")
+            counts, refused = fill_until_refused(db, 100_000)  # bounded: the budget fills in a few segments
+            assert refused is not None and refused.kind == "admission" and "tier1_max_bytes" in str(refused)
+            check_all(db, counts)
+            reasons = {e["reason"] for e in events(db, "UploadFailed")}
+            assert reasons & {"throttled", "unavailable", "network"}, reasons
+            proxy.clear()  # the network heals
+            db.drain_tiers(timeout=120)
+            counts = fill(db, 2_000, counts)
+            db.drain_tiers(timeout=120)
+            proxy.inject("truncate", times=1, method="GET")
+            for r in db.residency():
+                assert "t2" in r.tiers
+            check_all(db, counts)
+
+
+def test_bucket_that_disappears(s3_server, tmp_path):
+    """The bucket is deleted under a running store: uploads fail with the
+    fatal reason no_bucket (not retried), drain_tiers raises it, appends go
+    on until the local budget is full, and nothing appended is lost."""
+    from minio import Minio
+
+    bucket = f"vanishing-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    client = s3_server.client()
+    client.make_bucket(bucket)
+    opts = {
+        **s3_settings(s3_server, s3_server.endpoint, "app"), "tier2_url": f"s3://{bucket}/app",
+        "segment_bytes": SEG, "tier0_max_bytes": 0, "tier1_max_bytes": 4 * SEG, "admission_timeout_ms": 300,
+        **FAST,
+    }
+    with aoflite.open(str(tmp_path / "s"), **opts) as db:
+        counts = fill(db, 3_000)
+        db.drain_tiers(timeout=60)
+        for obj in client.list_objects(bucket, recursive=True):
+            client.remove_object(bucket, obj.object_name)
+        client.remove_bucket(bucket)
+        counts = fill(db, 5_000, counts)
+        with pytest.raises(aoflite.Tier2Error) as info:
+            db.drain_tiers(timeout=60)
+        assert info.value.reason == "no_bucket" and not info.value.retryable
+        assert isinstance(client, Minio)
+        for k, n in counts.items():  # what is local reads back; what was only in the bucket is reported
+            for off in range(n - 1, max(-1, n - 200), -1):
+                assert db.read(k, off).value == value(k, off)
