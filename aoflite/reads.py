@@ -35,6 +35,17 @@ __all__ = ["Reads", "View"]
 _new_record = tuple.__new__  # tuple.__new__(Record, fields): a Record without a Python frame
 _CHUNK = 512  # records fetched from C per call while scanning
 _first = itemgetter(0)
+# How long a tail loop sleeps between looks when nothing wakes it. Commits
+# and closing wake it (the writer's condition variable in process, the
+# feed's wake word across processes), so this only bounds a wake that
+# never comes, such as from a writer built before the wake word.
+_RECHECK_S = 30.0
+# A look that found more than one record means records come faster than
+# the loop wakes: it then naps this long before it asks to be woken, so
+# each look takes a chunk and wakes (a system call in the writer each)
+# come about once per millisecond at most. A look that found one record
+# is a quiet feed: the loop sleeps until the next batch wakes it.
+_BUSY_NAP_S = 0.001
 
 
 class View:
@@ -55,7 +66,9 @@ def _no_refresh() -> None:
 
 class Reads:
     """Every read of one handle. ``refresh`` is the follower's (a writer's
-    handle sees its own appends at once); ``next_offset`` the writer's."""
+    handle sees its own appends at once); ``next_offset`` the writer's;
+    ``wait_commit(seen, timeout_ms)`` either's: sleeps until a batch ends
+    after the value seen (which it returned last) and returns the new one."""
 
     def __init__(self, path: str, store_id: int, manifest: Manifest, keys: Keys, config: Config, life: Lifecycle):
         self.path = path
@@ -400,24 +413,24 @@ class Reads:
         without one (None: never)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = self.wait_commit
-        gen = wait(-1 & 0xFFFFFFFFFFFFFFFF, 0) if wait is not None else 0
+        assert wait is not None, "set by the handle's writer or follower"
+        gen = wait(-1 & 0xFFFFFFFFFFFFFFFF, 0)
         while True:
-            got = False
+            got = 0
             for rec in scan(pos):
                 yield rec
                 pos = getattr(rec, field) + 1
-                got = True
+                got += 1
             if got and timeout is not None:
                 deadline = time.monotonic() + timeout
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
             self._life.check()
-            step = 1.0 if remaining is None else min(remaining, 1.0)
-            if wait is not None:
-                gen = wait(gen, max(1, int(step * 1000)))
-            else:
-                time.sleep(min(step, self._config.read.poll_interval_ms / 1000))
+            if got > 1:
+                time.sleep(_BUSY_NAP_S)
+            step = _RECHECK_S if remaining is None else min(remaining, _RECHECK_S)
+            gen = wait(gen, max(1, int(step * 1000)))
 
     def tail(self, key: str, start: int = 0, timeout: float | None = None) -> Iterator[Record]:
         """See Store.tail."""

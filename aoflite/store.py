@@ -155,7 +155,9 @@ class Store:
             keys = Keys(self._manifest, lambda: reads.live())
             reads = self._reads = Reads(self.path, store_id, self._manifest, keys, config, self._life)
             if readonly:
-                self._follower = Follower(self.path, store_id, self._manifest, reads)
+                self._follower = Follower(
+                    self.path, store_id, self._manifest, reads, config.read.poll_interval_ms
+                )
             else:
                 self._writes = Writes(self.path, store_id, self._manifest, keys, reads, config, self._life)
                 self._writes.start_flusher()
@@ -391,6 +393,8 @@ class Store:
             with self._close_lock:
                 if not self._life.closed:
                     self._life.close()
+                    if self._follower is not None:
+                        self._follower.close()  # after the mark above: the loops it wakes must see it
                     self._finalizer.detach()
                     self._release()
             return
