@@ -64,6 +64,21 @@ def _no_refresh() -> None:
     pass
 
 
+class _Resume:
+    """Where a tail loop's store-wide scan stopped: the segment, the byte
+    position past the last record it yielded, and the next LSN. The next
+    look starts there: a segment scan from the start reads (and checks the
+    CRC of) every record before the LSN asked for, so a look would cost the
+    size of the active segment rather than the records new since the last."""
+
+    __slots__ = ("seg", "pos", "lsn")
+
+    def __init__(self) -> None:
+        self.seg: Segment | None = None
+        self.pos = 0
+        self.lsn = 0
+
+
 class Reads:
     """Every read of one handle. ``refresh`` is the follower's (a writer's
     handle sees its own appends at once); ``next_offset`` the writer's;
@@ -340,16 +355,22 @@ class Reads:
         check_offset("start_lsn", start_lsn)
         return self._scan_all(max(start_lsn, 1))
 
-    def _scan_all(self, lsn: int) -> Iterator[Record]:
+    def _scan_all(self, lsn: int, at: _Resume | None = None) -> Iterator[Record]:
+        """Records from lsn on; with at, from where the last scan given the
+        same at stopped, which it keeps up to date."""
         self.refresh()
-        # the live segments before the manifest: a roll commits the manifest
-        # before it publishes the view, so a segment missing from this
-        # view's live list is already sealed in the manifest read after it
-        live = self.view.live
-        sid = self._manifest.segment_for_lsn(lsn)
-        seg = self.segment(sid) if sid is not None else (live[0] if live else None)
+        seg: Segment | None
+        if at is not None and at.seg is not None and at.lsn == lsn:
+            seg, pos = at.seg, at.pos
+        else:
+            # the live segments before the manifest: a roll commits the manifest
+            # before it publishes the view, so a segment missing from this
+            # view's live list is already sealed in the manifest read after it
+            live = self.view.live
+            sid = self._manifest.segment_for_lsn(lsn)
+            seg = self.segment(sid) if sid is not None else (live[0] if live else None)
+            pos = 0
         names = self._keys.names
-        pos = 0
         settled = retried = False
         while seg is not None:
             self._life.check()
@@ -359,6 +380,8 @@ class Reads:
                     _new_record, repeat(Record), zip(map(names.__getitem__, kids), offs, lsns, tss, vals, ends)
                 )
                 lsn = lsns[-1] + 1
+                if at is not None:
+                    at.seg, at.pos, at.lsn = seg, pos, lsn
                 retried = False
                 continue
             hit("scan_all.segment_end")
@@ -367,6 +390,8 @@ class Reads:
                 # record the segment will ever hold has been yielded
                 seg = self._segment_after(seg.info().segment_id)
                 pos, settled = 0, False
+                if at is not None:
+                    at.seg, at.pos, at.lsn = seg, pos, lsn
             elif retried:
                 return  # nothing more for now
             else:
@@ -403,7 +428,8 @@ class Reads:
         self._life.check()
         check_offset("start_lsn", start_lsn)
         check_timeout(timeout)
-        return self._follow_feed(lambda lsn: self._scan_all(lsn), max(start_lsn, 1), timeout, "lsn")
+        at = _Resume()
+        return self._follow_feed(lambda lsn: self._scan_all(lsn, at), max(start_lsn, 1), timeout, "lsn")
 
     def _follow_feed(
         self, scan: Callable[[int], Iterator[Record]], pos: int, timeout: float | None, field: str
