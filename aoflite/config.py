@@ -122,7 +122,9 @@ class ReadConfig:
 
     # sealed segments kept mapped at once; more are reopened on demand
     open_segments: int = attrs.field(default=64, validator=_int_range(1, 65536))
-    # a read-only handle polls for the writer's new records this often while tailing
+    # a read-only handle's tail loops sleep until the writer wakes them; they
+    # poll this often only when they cannot (no write access to feed.shm, or
+    # no writer has created it yet)
     poll_interval_ms: int = attrs.field(default=10, validator=_int_range(1, 60_000))
 
 

@@ -1,13 +1,15 @@
 """A read-only handle's view of a store another handle writes: it follows
 the active segment with pread (never a map of a file the writer may
 shrink), notices new segment files, and reads a segment through the
-manifest once the writer has recorded it sealed. Local files are its one
-source today; a bucket replica would be a second one beside it."""
+manifest once the writer has recorded it sealed. Its tail loops sleep on
+the feed's wake word until the writer ends a batch. Local files are its
+one source today; a bucket replica would be a second one beside it."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 
 from . import errors, layout, recovery
 from .manifest import Manifest
@@ -20,8 +22,9 @@ __all__ = ["Follower"]
 class Follower:
     """Keeps a Reads' view up to date with the writer's files."""
 
-    def __init__(self, path: str, store_id: int, manifest: Manifest, reads: Reads):
+    def __init__(self, path: str, store_id: int, manifest: Manifest, reads: Reads, poll_interval_ms: int):
         self.path = path
+        self._poll_s = poll_interval_ms / 1000
         self._store_id = store_id
         self._manifest = manifest
         self._reads = reads
@@ -38,6 +41,7 @@ class Follower:
                 if seg is not None:
                     reads.publish((seg,), keep_ranges=True)
         reads.refresh = self.refresh
+        reads.wait_commit = self.wait
         reads.follower = True
         self.refresh()
 
@@ -73,6 +77,24 @@ class Follower:
                 self._newest += 1
             if changed or live is not self._reads.view.live:
                 self._reads.publish(live, keep_ranges=not changed)
+
+    def wait(self, seen: int, timeout_ms: int) -> int:
+        """Tail loops: sleep until the writer ends a batch after the wake
+        word read as seen, or timeout_ms pass; returns the word now. Polls
+        every poll_interval_ms instead while there is no feed to sleep on
+        (no writer has run yet) or no write access to it."""
+        feed = self.feed
+        now = feed.wait(seen, timeout_ms) if feed is not None else None
+        if now is not None:
+            return now
+        if timeout_ms > 0:
+            time.sleep(min(timeout_ms / 1000, self._poll_s))
+        return seen
+
+    def close(self) -> None:
+        """Wake this handle's sleeping tail loops, so they see it closed."""
+        if self.feed is not None:
+            self.feed.interrupt()
 
     def _manifest_sealed(self, seg: Segment) -> bool:
         rec = self._manifest.segment(seg.info().segment_id)

@@ -41,6 +41,17 @@ __all__ = ["Reads", "View"]
 _new_record = tuple.__new__  # tuple.__new__(Record, fields): a Record without a Python frame
 _CHUNK = 512  # records fetched from C per call while scanning
 _first = itemgetter(0)
+# How long a tail loop sleeps between looks when nothing wakes it. Commits
+# and closing wake it (the writer's condition variable in process, the
+# feed's wake word across processes), so this only bounds a wake that
+# never comes, such as from a writer built before the wake word.
+_RECHECK_S = 30.0
+# A look that found more than one record means records come faster than
+# the loop wakes: it then naps this long before it asks to be woken, so
+# each look takes a chunk and wakes (a system call in the writer each)
+# come about once per millisecond at most. A look that found one record
+# is a quiet feed: the loop sleeps until the next batch wakes it.
+_BUSY_NAP_S = 0.001
 
 
 class View:
@@ -59,9 +70,26 @@ def _no_refresh() -> None:
     pass
 
 
+class _Resume:
+    """Where a tail loop's store-wide scan stopped: the segment, the byte
+    position past the last record it yielded, and the next LSN. The next
+    look starts there: a segment scan from the start reads (and checks the
+    CRC of) every record before the LSN asked for, so a look would cost the
+    size of the active segment rather than the records new since the last."""
+
+    __slots__ = ("seg", "pos", "lsn")
+
+    def __init__(self) -> None:
+        self.seg: Segment | None = None
+        self.pos = 0
+        self.lsn = 0
+
+
 class Reads:
     """Every read of one handle. ``refresh`` is the follower's (a writer's
-    handle sees its own appends at once); ``next_offset`` the writer's."""
+    handle sees its own appends at once); ``next_offset`` the writer's;
+    ``wait_commit(seen, timeout_ms)`` either's: sleeps until a batch ends
+    after the value seen (which it returned last) and returns the new one."""
 
     def __init__(self, path: str, store_id: int, manifest: Manifest, keys: Keys, config: Config, life: Lifecycle):
         self.path = path
@@ -423,18 +451,24 @@ class Reads:
         check_offset("start_lsn", start_lsn)
         return self._scan_all(max(start_lsn, 1))
 
-    def _scan_all(self, lsn: int) -> Iterator[Record]:
+    def _scan_all(self, lsn: int, at: _Resume | None = None) -> Iterator[Record]:
+        """Records from lsn on; with at, from where the last scan given the
+        same at stopped, which it keeps up to date."""
         self.refresh()
-        # the live segments before the manifest: a roll commits the manifest
-        # before it publishes the view, so a segment missing from this
-        # view's live list is already sealed in the manifest read after it
-        live = self.view.live
-        sid = self._manifest.segment_for_lsn(lsn)
-        seg = self.segment(sid) if sid is not None else (live[0] if live else None)
-        if sid is not None:
-            self._prefetch_after(sid)
+        seg: Segment | None
+        if at is not None and at.seg is not None and at.lsn == lsn:
+            seg, pos = at.seg, at.pos
+        else:
+            # the live segments before the manifest: a roll commits the manifest
+            # before it publishes the view, so a segment missing from this
+            # view's live list is already sealed in the manifest read after it
+            live = self.view.live
+            sid = self._manifest.segment_for_lsn(lsn)
+            seg = self.segment(sid) if sid is not None else (live[0] if live else None)
+            if sid is not None:
+                self._prefetch_after(sid)
+            pos = 0
         names = self._keys.names
-        pos = 0
         settled = retried = False
         while seg is not None:
             self._life.check()
@@ -444,6 +478,8 @@ class Reads:
                     _new_record, repeat(Record), zip(map(names.__getitem__, kids), offs, lsns, tss, vals, ends)
                 )
                 lsn = lsns[-1] + 1
+                if at is not None:
+                    at.seg, at.pos, at.lsn = seg, pos, lsn
                 retried = False
                 continue
             hit("scan_all.segment_end")
@@ -452,6 +488,8 @@ class Reads:
                 # record the segment will ever hold has been yielded
                 seg = self._segment_after(seg.info().segment_id)
                 pos, settled = 0, False
+                if at is not None:
+                    at.seg, at.pos, at.lsn = seg, pos, lsn
             elif retried:
                 return  # nothing more for now
             else:
@@ -500,7 +538,8 @@ class Reads:
         self._life.check()
         check_offset("start_lsn", start_lsn)
         check_timeout(timeout)
-        return self._follow_feed(lambda lsn: self._scan_all(lsn), max(start_lsn, 1), timeout, "lsn")
+        at = _Resume()
+        return self._follow_feed(lambda lsn: self._scan_all(lsn, at), max(start_lsn, 1), timeout, "lsn")
 
     def _follow_feed(
         self, scan: Callable[[int], Iterator[Record]], pos: int, timeout: float | None, field: str
@@ -510,24 +549,24 @@ class Reads:
         without one (None: never)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = self.wait_commit
-        gen = wait(-1 & 0xFFFFFFFFFFFFFFFF, 0) if wait is not None else 0
+        assert wait is not None, "set by the handle's writer or follower"
+        gen = wait(-1 & 0xFFFFFFFFFFFFFFFF, 0)
         while True:
-            got = False
+            got = 0
             for rec in scan(pos):
                 yield rec
                 pos = getattr(rec, field) + 1
-                got = True
+                got += 1
             if got and timeout is not None:
                 deadline = time.monotonic() + timeout
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
             self._life.check()
-            step = 1.0 if remaining is None else min(remaining, 1.0)
-            if wait is not None:
-                gen = wait(gen, max(1, int(step * 1000)))
-            else:
-                time.sleep(min(step, self._config.read.poll_interval_ms / 1000))
+            if got > 1:
+                time.sleep(_BUSY_NAP_S)
+            step = _RECHECK_S if remaining is None else min(remaining, _RECHECK_S)
+            gen = wait(gen, max(1, int(step * 1000)))
 
     def tail(self, key: str, start: int = 0, timeout: float | None = None) -> Iterator[Record]:
         """See Store.tail."""

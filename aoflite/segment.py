@@ -254,10 +254,10 @@ class _Columns:
         return cls(cap, ffi.new("uint64_t[]", COLS * cap))
 
     def rows(self, n: int) -> list[list[int]]:
-        """The first n values of each column, as lists."""
-        flat = ffi.unpack(self.arr, COLS * self.cap)
-        cap = self.cap
-        return [flat[c * cap : c * cap + n] for c in range(COLS)]
+        """The first n values of each column, as lists (only those: a
+        tail loop's look often finds one record in a block of hundreds)."""
+        arr, cap = self.arr, self.cap
+        return [ffi.unpack(arr + c * cap, n) for c in range(COLS)]
 
 
 class Feed:
@@ -278,6 +278,32 @@ class Feed:
     def generation(self) -> int:
         """The change generation: odd while a rewrite is under way."""
         return int(lib.aof_feed_generation(self._ptr))
+
+    def wait(self, seen: int, timeout_ms: int) -> int | None:
+        """Sleep until the wake word differs from seen (the writer bumps it
+        at every batch end) or timeout_ms pass; returns the word. Take seen
+        from the previous call before looking for records. None, at once,
+        when this process cannot sleep on the feed (no write access to the
+        file): poll instead."""
+        out = ffi.new("uint32_t *")
+        rc = lib.aof_feed_wait(self._ptr, seen & 0xFFFFFFFF, timeout_ms, out)
+        if rc == lib.AOF_EREADONLY:
+            return None
+        if rc not in (lib.AOF_OK, lib.AOF_ETIMEDOUT):
+            _raise(rc, self.path, "waiting on the feed")
+        return int(out[0])
+
+    def interrupt(self) -> None:
+        """Move the wake word and wake every sleeper (a closing handle's
+        own tail loops end; other followers look once and sleep again)."""
+        rc = lib.aof_feed_interrupt(self._ptr)
+        if rc:
+            _raise(rc, self.path, "waking the feed's sleepers")
+
+    def sleeping(self) -> bool:
+        """Whether some follower said it sleeps and no batch woke it since
+        (a hint: one killed in its sleep leaves it set until the next batch)."""
+        return bool(lib.aof_feed_sleeping(self._ptr))
 
 
 def _feed_ptr(feed: Feed | None) -> Any:

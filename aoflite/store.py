@@ -230,7 +230,9 @@ class Store:
             if backend is not None:
                 reads.cold = ColdReads(self.path, self._manifest, backend)
             if readonly:
-                self._follower = Follower(self.path, store_id, self._manifest, reads)
+                self._follower = Follower(
+                    self.path, store_id, self._manifest, reads, config.read.poll_interval_ms
+                )
             else:
                 self._writes = Writes(self.path, store_id, self._manifest, keys, reads, config, self._life)
                 self._writes.on_flushed = events.flushed
@@ -565,6 +567,8 @@ class Store:
             with self._close_lock:
                 if not self._life.closed:
                     self._life.close()
+                    if self._follower is not None:
+                        self._follower.close()  # after the mark above: the loops it wakes must see it
                     self._finalizer.detach()
                     self._release()
             return

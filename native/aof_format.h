@@ -99,16 +99,22 @@
 /* The feed file (PATH/feed.shm): shared memory between the writer and
  * followers, not durable (nothing in it matters after a reboot).
  *
- *   feed (64) := magic[8] version:u32 reserved:u32 change_gen:u64 reserved[40]
+ *   feed (64) := magic[8] version:u32 reserved:u32 change_gen:u64 wake:u32
+ *                sleepers:u32 reserved[32]
  *
+ * wake is a futex word (4-byte aligned, as futexes must be) the writer
+ * bumps at every batch end; sleepers is 1 while some follower may sleep on
+ * it. Both were reserved zeros before, so the version stays 1.
  * The file is AOF_FEED_FILE_BYTES long so later fields fit without a move. */
 #define AOF_FEED_MAGIC "AOFLFEED"
 #define AOF_FEED_VERSION 1u
-#define AOF_FEED_BYTES 64u /* 8 + 4 + 4 + 8 + 40 */
+#define AOF_FEED_BYTES 64u /* 8 + 4 + 4 + 8 + 4 + 4 + 32 */
 #define AOF_FEED_FILE_BYTES 4096u
 #define AOF_FD_MAGIC 0
 #define AOF_FD_VERSION 8
 #define AOF_FD_CHANGE_GEN 16
+#define AOF_FD_WAKE 24
+#define AOF_FD_SLEEPERS 28
 
 static inline uint32_t aof_crc_mask(uint32_t crc) {
     return ((crc >> 15) | (crc << 17)) + 0xa282ead8u;

@@ -138,6 +138,11 @@ int aof_io_hit(int site);
  * over, so it never stitches bytes from before and after such a rewrite. */
 void aof_feed_change(aof_feed *f, int begin);
 uint64_t aof_feed_gen(const aof_feed *f);
+/* Batch ends (writer, under its mutex): bump the wake word; returns 1 when
+ * a follower sleeps, and then the caller calls aof_feed_wake once it has
+ * let go of its locks. No system call when nobody sleeps. */
+int aof_feed_publish(aof_feed *f);
+void aof_feed_wake(aof_feed *f);
 
 int aof_fail(int code, int sys_errno, uint64_t pos, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

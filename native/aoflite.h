@@ -152,6 +152,22 @@ int aof_feed_open(const char *path, int writable, aof_feed **out);
 void aof_feed_free(aof_feed *f);
 /* The change generation (see aof_internal.h), for tests. */
 uint64_t aof_feed_generation(aof_feed *f);
+/* Followers: sleep until the feed's wake word, which the writer bumps
+ * whenever a batch becomes visible (an append, an append_many, a
+ * transaction's commit; never a rollback), differs from seen, or for
+ * timeout_ms at most. Take seen from *now before looking for records, so
+ * a batch that lands in between ends the sleep at once. Returns AOF_OK
+ * when the word moved, AOF_ETIMEDOUT when it did not (timeout_ms <= 0
+ * only reads it), AOF_EREADONLY without sleeping when this process may
+ * not write the feed file (then poll). *now gets the word. Linux futexes:
+ * the writer makes a system call only when someone sleeps. */
+int aof_feed_wait(aof_feed *f, uint32_t seen, int timeout_ms, uint32_t *now);
+/* Move the wake word and wake every sleeper (a closing handle ends its
+ * own sleeping tail loops this way; others just look again). */
+int aof_feed_interrupt(aof_feed *f);
+/* 1 while some follower has said it sleeps and no batch has woken it
+ * since (a hint: a follower that died asleep leaves it set), for tests. */
+int aof_feed_sleeping(aof_feed *f);
 
 /* --- segments --- */
 /* Create a new segment file (fails if it exists), preallocated to capacity

@@ -92,6 +92,9 @@ const char *aof_pause_names(void);
 int aof_feed_open(const char *path, int writable, aof_feed **out);
 void aof_feed_free(aof_feed *f);
 uint64_t aof_feed_generation(aof_feed *f);
+int aof_feed_wait(aof_feed *f, uint32_t seen, int timeout_ms, uint32_t *now);
+int aof_feed_interrupt(aof_feed *f);
+int aof_feed_sleeping(aof_feed *f);
 int aof_seg_create(const char *path, uint64_t store_id, uint64_t segment_id,
                    uint64_t first_lsn, uint64_t capacity, aof_seg **out);
 int aof_seg_open(const char *path, int mode, uint64_t capacity, aof_feed *feed, aof_seg **out,

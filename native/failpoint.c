@@ -25,7 +25,8 @@ static const char names[] =
     "recover.truncated append_many.half tx.before_commit_record sync.before_msync";
 
 /* Every AOF_PAUSE site: points only race tests stop at. */
-static const char pause_names[] = "sync.after_target follow.after_read seg_open.after_stat";
+static const char pause_names[] =
+    "sync.after_target follow.after_read seg_open.after_stat feed.before_sleep";
 
 /* Every AOF_IOFAIL site kind, in the order of aof_io_site. */
 static const char *const io_names[AOF_IO_NSITES] = {

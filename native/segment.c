@@ -614,7 +614,11 @@ static int follow_read(aof_seg *s, uint64_t size) {
 
 /* How far a follower reads: the file minus trailing zero pages would be
  * ideal, but the file is preallocated; the scan stops at zeros anyway, so
- * read in steps and stop once a step ends the scan before its end. */
+ * read in steps and stop once a step ends the scan before its end. Steps
+ * start small, since a tail loop woken for one batch needs a few hundred
+ * bytes and copying a whole megabyte of zeros was most of its cost, and
+ * double while the scan keeps running into their end. */
+#define AOF_FOLLOW_STEP_FIRST (64ull << 10)
 #define AOF_FOLLOW_STEP (1ull << 20)
 
 /* How often a refresh starts the uncommitted region over because the
@@ -633,7 +637,7 @@ static int follow_scan(aof_seg *s, aof_scan_report *rep) {
     /* re-read everything past the last complete batch: the writer may have
      * finished what we saw half-written */
     if (s->filled > s->committed_end) s->filled = s->committed_end;
-    uint64_t gen = aof_feed_gen(s->feed);
+    uint64_t gen = aof_feed_gen(s->feed), step = AOF_FOLLOW_STEP_FIRST;
     int retries = 0;
     for (;;) {
         if (gen & 1) {
@@ -644,7 +648,7 @@ static int follow_scan(aof_seg *s, aof_scan_report *rep) {
             gen = aof_feed_gen(s->feed);
             continue;
         }
-        uint64_t want = s->filled + AOF_FOLLOW_STEP;
+        uint64_t want = s->filled + step;
         int rc = follow_read(s, want < size ? want : size);
         if (rc) return rc;
         AOF_PAUSE("follow.after_read");
@@ -660,6 +664,7 @@ static int follow_scan(aof_seg *s, aof_scan_report *rep) {
         if (s->filled >= size) break;
         if (rep->reason != AOF_STOP_TORN && rep->stop_pos + AOF_RECORD_HEADER_BYTES <= s->filled)
             break;
+        if (step < AOF_FOLLOW_STEP) step *= 2;
     }
     if (retries > AOF_FOLLOW_RETRIES) {
         /* nothing past committed_end was accepted this time */

@@ -276,7 +276,9 @@ static int sink_put(sink *k, uint64_t pos, uint32_t key_id, uint16_t flags, uint
     return AOF_OK;
 }
 
-static void batch_done(aof_writer *w, aof_seg *s, uint64_t data_records) {
+/* Returns 1 when a follower sleeps on the feed: the caller wakes it with
+ * aof_feed_wake after unlocking. */
+static int batch_done(aof_writer *w, aof_seg *s, uint64_t data_records) {
     s->committed_end = s->write_pos;
     s->record_count += data_records;
     s->last_lsn = w->next_lsn - 1;
@@ -286,6 +288,7 @@ static void batch_done(aof_writer *w, aof_seg *s, uint64_t data_records) {
     w->committed_lsn = w->next_lsn - 1;
     w->gen++;
     if (w->waiters) pthread_cond_broadcast(&w->commit_cv);
+    return aof_feed_publish(w->feed);
 }
 
 static void maybe_signal_flush(aof_writer *w, aof_seg *s) {
@@ -333,7 +336,7 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
                             (unsigned long long)lens[i], (unsigned long long)w->max_record);
         payload += lens[i];
     }
-    int rc = enter(w);
+    int rc = enter(w), wake = 0;
     if (rc) return rc;
     if (key_id == 0 || key_id >= w->nkeys || !w->keys[key_id].name) {
         pthread_mutex_unlock(&w->mu);
@@ -391,7 +394,7 @@ int64_t aof_writer_append_many(aof_writer *w, uint32_t key_id, const char *buf,
     }
     if (rc) goto undo;
     if (w->tx_active) s->pending += n;
-    else batch_done(w, s, n);
+    else wake = batch_done(w, s, n);
     maybe_signal_flush(w, s);
     goto out;
 undo:
@@ -420,6 +423,7 @@ undo:
 out:
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&w->mu);
+    if (wake) aof_feed_wake(w->feed);
     return rc ? rc : (int64_t)first;
 }
 
@@ -468,7 +472,7 @@ int aof_writer_end(aof_writer *w, int commit) {
         return aof_fail(AOF_ETXN, 0, 0, "no transaction is open on this thread");
     }
     aof_seg *s = w->seg;
-    int rc = AOF_OK;
+    int rc = AOF_OK, wake = 0;
     pthread_mutex_lock(&s->mu);
     if (commit && w->tx_failed) {
         rc = aof_fail(w->tx_err.code, w->tx_err.sys_errno, w->tx_err.pos,
@@ -483,7 +487,7 @@ int aof_writer_end(aof_writer *w, int commit) {
             s->write_pos = aof_put_record(s, s->write_pos, 0,
                                           AOF_FLAG_CONTROL | AOF_FLAG_COMMIT | AOF_FLAG_BATCH_END,
                                           0, w->next_lsn, aof_now_ms(), NULL, 0);
-            batch_done(w, s, s->pending);
+            wake = batch_done(w, s, s->pending);
             maybe_signal_flush(w, s);
         }
     }
@@ -510,6 +514,7 @@ int aof_writer_end(aof_writer *w, int commit) {
     pthread_mutex_unlock(&s->mu);
     pthread_cond_broadcast(&w->tx_cv);
     pthread_mutex_unlock(&w->mu);
+    if (wake) aof_feed_wake(w->feed);
     return rc;
 }
 

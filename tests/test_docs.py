@@ -28,6 +28,7 @@ EXERCISED = {
     "tools/fuzz.sh --long": "tests/test_docs.py::test_fuzz_script_profiles",
     "python tools/bench.py": "tests/test_docs.py::test_bench_runs",
     "python tools/bench.py --json": "tests/test_docs.py::test_bench_runs",
+    "python tools/bench.py --only feed": "tests/test_docs.py::test_bench_feed_probes_run",
     "python tools/gen_cdef.py": "tests/test_native.py (--check)",
     # the aoflite command (docs/cli.md, operations.md, runbook.md): each one
     # shown also runs as written in test_documented_aoflite_commands_run
@@ -168,6 +169,28 @@ def test_bench_runs(tmp_path):
     assert {"aoflite.append", "aoflite.append_many", "sqlite.executemany", "fsync.commit"} <= cases
     ratios = {(t["group"], t["label"]): t["ratio"] for t in report["targets"]}
     assert len(ratios) == 10 and all(r is not None and r > 0 for r in ratios.values()), ratios
+
+
+def test_bench_feed_probes_run(tmp_path):
+    """`python tools/bench.py --only feed` (here a tiny run) measures the
+    live feed with a follower in another process and reports every
+    reading; a smoke run, not a timed test."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench.py"), "--quick", "--repeats", "1", "--only", "feed",
+         "--feed-seconds", "1", "--feed-appends", "2000", "--dir", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    report = json.loads(out)
+    assert [p["error"] for p in report["probes"]] == [None, None, None]
+    assert [p["probe"] for p in report["probes"]] == ["feed.latency", "feed.idle", "feed.writer"]
+    readings = [r for p in report["probes"] for r in p["readings"]]
+    assert all(r["value"] is not None and r["value"] >= 0 for r in readings), readings
+    assert sum(r["target"] is not None for r in readings) == 4
+    assert not report["results"]
 
 
 @pytest.mark.parametrize("args, profile", [([], "ci"), (["--long"], "long")])

@@ -131,6 +131,39 @@ def test_tail_all_from_another_process_across_rolls(store_path):
     db.close()
 
 
+def test_tail_all_starts_each_look_where_the_last_stopped(db, store_path, monkeypatch):
+    """A look for new records scans on from where the previous one stopped,
+    never the active segment from its start again (that costs the whole
+    segment's records, with their CRCs, per look)."""
+    from aoflite import failpoints
+    from aoflite.segment import Segment
+
+    db.append_many("k", [b"x"] * 1000)
+    db.commit()
+    starts = []
+    real_scan = Segment.scan
+
+    def scan(self, pos, min_lsn, cap):
+        starts.append(pos)
+        return real_scan(self, pos, min_lsn, cap)
+
+    monkeypatch.setattr(Segment, "scan", scan)
+    with aoflite.open(store_path, readonly=True) as reader:
+        it = reader.tail_all(timeout=10)
+        assert [next(it).lsn for _ in range(1000)] == list(range(1, 1001))
+        got = []
+        with failpoints.pause("feed.before_sleep") as p:
+            t = threading.Thread(target=lambda: got.append(next(it)))
+            t.start()
+            assert p.wait(10)  # the look that found the 1000 records is over
+            starts.clear()
+            db.append("k", b"new")
+        t.join(10)
+        assert got[0].value == b"new"
+        assert starts and min(starts) > 1000 * 41
+        it.close()
+
+
 @pytest.mark.parametrize("bad", [-1, 2**64, "0"])
 def test_tail_all_rejects_bad_start(db, bad):
     with pytest.raises((ValueError, TypeError)):

@@ -292,3 +292,21 @@ def test_reader_tail_times_out(store_path, reader):
         r = reader(store_path)
         assert [rec.value for rec in r.call("tail", "t", 0, 100, 0.2)] == [b"0"]
         assert r.call("tail", "missing", 0, 100, 0.1) == []
+
+
+def test_reader_takes_in_batches_larger_than_its_read_steps(store_path):
+    """A follower reads the active segment in steps that start at 64 KiB
+    and double: a batch of 3 MiB (and one record of 1.5 MiB) runs into the
+    end of several steps before it is whole, and arrives whole."""
+    with aoflite.open(store_path, durability="off", segment_bytes=64 * MiB) as db:
+        db.append("small", b"0")
+        with aoflite.open(store_path, readonly=True) as r:
+            assert [x.value for x in r.scan("small")] == [b"0"]
+            with db.transaction():
+                for i in range(48):
+                    db.append("big", bytes([i]) * 65_536)
+            db.append("huge", b"h" * (3 * MiB // 2))
+            db.append("small", b"1")
+            assert [x.value for x in r.scan("big")] == [bytes([i]) * 65_536 for i in range(48)]
+            assert r.read("huge", 0).value == b"h" * (3 * MiB // 2)
+            assert [x.value for x in r.tail_all(timeout=0)] == [x.value for x in db.scan_all()]

@@ -9,10 +9,16 @@ times; the table shows medians and the ratios that aoflite targets.
     python tools/bench.py                  # 1M records x 100 B and 4 KiB
     python tools/bench.py --quick          # smoke run
     python tools/bench.py --only sqlite,lmdb --sizes 100 --json
+    python tools/bench.py --only feed      # the live feed's probes only
+    python tools/bench.py --only tiers     # the tier rows only (tools/bench_tiers.py)
 
 Throughput cases run first, size by size, with the repeats of all cases
 interleaved so that a slow spell of a noisy machine hits every case alike;
 the fsync-bound commit cases run after them, in a phase of their own.
+The live feed's probes (a writer here, a follower in another process) come
+next: they report latencies, CPU shares and a ratio rather than rates. The
+tier rows (tools/bench_tiers.py: compression, scans from Tier 1, appends
+with tiering, hydration and cold reads from a loopback S3 server) come last.
 Progress goes to stderr; the table (or JSON with --json) to stdout.
 """
 
@@ -23,9 +29,11 @@ import datetime
 import faulthandler
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import random
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -57,7 +65,7 @@ AUTOCOMMIT_RECORDS = 100_000  # sqlite's one-transaction-per-insert case is capp
 COMMIT_VALUE_BYTES = 100  # the durable-commit cases append records of this size
 COMMIT_THREADS = 8
 CHUNK = 1000  # values per append_many call
-PEERS = ("aoflite", "sqlite", "lmdb", "file", "fsync")
+PEERS = ("aoflite", "sqlite", "lmdb", "file", "fsync", "feed", "tiers")
 SEED = 20240601
 
 
@@ -498,6 +506,215 @@ def fsync_commit(w: Workload, path: Path) -> Sample:
     return Sample(w.n, w.nbytes, t.seconds)
 
 
+# ---------------------------------------------------------------- live feed
+#
+# Probes measure what a rate cannot: each is a function of (scratch
+# directory, arguments) returning Readings, registered with @probe. The
+# follower of each runs in a spawned process, as a real one would.
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One measured number, with its target when it has one."""
+
+    label: str
+    value: float | None
+    unit: str
+    target: str | None = None  # "<= 2" or ">= 0.9"
+    passed: bool | None = None
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "value": self.value, "unit": self.unit, "target": self.target,
+                "pass": self.passed}
+
+
+@dataclass(frozen=True)
+class Probe:
+    id: str
+    run: Callable[[Path, argparse.Namespace], list[Reading]]
+
+
+PROBES: list[Probe] = []
+
+
+def probe(id: str):
+    """Register the decorated function as a Probe."""
+
+    def register(fn):
+        PROBES.append(Probe(id, fn))
+        return fn
+
+    return register
+
+
+def judged(label: str, value: float, unit: str, op: str, target: float) -> Reading:
+    """A Reading checked against value <= target or value >= target."""
+    ok = value <= target if op == "<=" else value >= target
+    return Reading(label, value, unit, f"{op} {target:g}", ok)
+
+
+def spawn(target: Callable, *args) -> tuple[multiprocessing.Process, multiprocessing.Queue]:
+    """target(*args, queue) in a spawned process; returns it and the queue."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, out), daemon=True)
+    proc.start()
+    return proc, out
+
+
+def _latency_follower(path: str, n: int, out) -> None:
+    """Tails the store; reports when it has the warm-up record, then the
+    monotonic time each of the next n records reached the loop."""
+    got = []
+    with aoflite.open(path, readonly=True) as f:
+        for r in f.tail_all(timeout=60):
+            if r.lsn == 1:
+                out.put("ready")
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+                continue
+            got.append(time.monotonic())
+            if len(got) == n:
+                break
+    r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    out.put((got, (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / (t1 - t0)))
+
+
+@probe("feed.latency")
+def feed_latency(scratch: Path, args: argparse.Namespace) -> list[Reading]:
+    """append() returning in the writer to tail_all yielding the record in
+    another process, one record every 1/rate s."""
+    rate, n = 1000, 1000 * args.feed_seconds
+    path = str(scratch / "feed-latency")
+    with closing(aoflite.open(path)) as db:
+        db.append("k", b"warm-up")
+        proc, out = spawn(_latency_follower, path, n)
+        if out.get(timeout=60) != "ready":
+            raise RuntimeError("the follower did not start")
+        value, returned = b"x" * 100, []
+        start = time.monotonic()
+        for i in range(n):
+            pause = start + i / rate - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            db.append("k", value)
+            returned.append(time.monotonic())
+        got, cpu = out.get(timeout=60)
+        proc.join(30)
+    lat = sorted((g - r) * 1000 for g, r in zip(got, returned))
+    check_count("feed.latency follower", len(lat), n)
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return [
+        judged(f"tail_all latency p50 ({rate:,} records/s)", p50, "ms", "<=", 2),
+        judged(f"tail_all latency p99 ({rate:,} records/s)", p99, "ms", "<=", 10),
+        Reading(f"tail_all latency max ({rate:,} records/s)", lat[-1], "ms"),
+        Reading(f"follower CPU ({rate:,} records/s)", 100 * cpu, "% core"),
+    ]
+
+
+def _idle_follower(path: str, seconds: float, out) -> None:
+    """Waits in tail_all with nothing to read; reports its CPU share."""
+    with aoflite.open(path, readonly=True) as f:
+        last = f.scan_all()
+        start_lsn = max((r.lsn for r in last), default=0) + 1
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        for _ in f.tail_all(start_lsn, timeout=seconds):
+            pass
+        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    out.put((r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / (t1 - t0))
+
+
+@probe("feed.idle")
+def feed_idle(scratch: Path, args: argparse.Namespace) -> list[Reading]:
+    """An idle follower's CPU (user + system) over feed_seconds, writer open."""
+    path = str(scratch / "feed-idle")
+    with closing(aoflite.open(path)) as db:
+        db.append("k", b"0")
+        db.commit()
+        proc, out = spawn(_idle_follower, path, float(args.feed_seconds))
+        share = out.get(timeout=60 + args.feed_seconds)
+        proc.join(30)
+    return [judged("idle follower CPU (tail_all waiting)", 100 * share, "% core", "<=", 1)]
+
+
+def _counting_follower(path: str, out) -> None:
+    """Tails until the record b"last"; reports how many it saw."""
+    n = 0
+    with aoflite.open(path, readonly=True) as f:
+        for r in f.tail_all(timeout=60):
+            n += 1
+            if n == 1:
+                out.put("ready")
+            if r.value == b"last":
+                break
+    out.put(n)
+
+
+@probe("feed.writer")
+def feed_writer(scratch: Path, args: argparse.Namespace) -> list[Reading]:
+    """The append loop (100 B records) alone and with a follower in
+    another process tailing every record; repeats alternate the order.
+    Besides the rate, records per second of the appending thread's own
+    CPU time: on a busy machine the follower's work takes CPU from the
+    writer, which the wall-clock rate shows and this does not."""
+    n, value = args.feed_appends, b"v" * 100
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu_rates: dict[bool, list[float]] = {False: [], True: []}
+    for rep in range(args.repeats):
+        for follow in (False, True) if rep % 2 == 0 else (True, False):
+            path = str(scratch / f"feed-writer-{rep}-{int(follow)}")
+            with closing(aoflite.open(path)) as db:
+                db.append("k", b"start")
+                db.commit()
+                if follow:
+                    proc, out = spawn(_counting_follower, path)
+                    if out.get(timeout=60) != "ready":
+                        raise RuntimeError("the follower did not start")
+                append = db.append
+                os.sync()
+                cpu0 = time.thread_time()
+                with Stopwatch() as t:
+                    for _ in range(n):
+                        append("k", value)
+                    db.commit()
+                cpu = time.thread_time() - cpu0
+                db.append("k", b"last")
+                if follow:
+                    check_count("feed.writer follower", out.get(timeout=120), n + 2)
+                    proc.join(30)
+            shutil.rmtree(path, ignore_errors=True)
+            rates[follow].append(n / t.seconds)
+            cpu_rates[follow].append(n / cpu)
+            progress(f"[feed {rep + 1}/{args.repeats}] append loop {'with' if follow else 'without'} a follower "
+                     f"{fmt_rate(n / t.seconds)} records/s")
+    alone, followed = statistics.median(rates[False]), statistics.median(rates[True])
+    cpu_alone, cpu_followed = statistics.median(cpu_rates[False]), statistics.median(cpu_rates[True])
+    return [
+        Reading("append loop, no follower", alone, "rec/s"),
+        Reading("append loop, a follower tailing", followed, "rec/s"),
+        judged("append loop with / without a follower", followed / alone, "ratio", ">=", 0.9),
+        Reading("the same per second of appender CPU", cpu_followed / cpu_alone, "ratio"),
+    ]
+
+
+def run_probes(args: argparse.Namespace, runner: Runner) -> list[dict]:
+    """Every registered probe, each in a fresh directory."""
+    out = []
+    for p in PROBES:
+        path = runner.fresh_dir(p.id)
+        progress(f"[feed] {p.id}")
+        t0 = time.perf_counter()
+        try:
+            readings = [r.as_dict() for r in p.run(path, args)]
+            out.append({"probe": p.id, "readings": readings, "error": None})
+        except Exception as e:
+            out.append({"probe": p.id, "readings": [], "error": f"{type(e).__name__}: {e}"})
+            progress(f"[feed] {p.id} FAILED {out[-1]['error']}")
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            runner.wall["feed"] = runner.wall.get("feed", 0.0) + time.perf_counter() - t0
+    return out
+
+
 # ---------------------------------------------------------------- targets
 
 
@@ -746,7 +963,20 @@ def render_table(report: dict) -> str:
                 f"{name:<46} {r['ops']:>10,} {fmt_rate(r['rate']):>12} {r['unit']:<8} "
                 f"{fmt_num(r['mb_per_s'], '8.1f')} {fmt_pct(r['spread']):>7}"
             )
-    lines += ["", "== aoflite targets (ratio of median rates) =="]
+    if report["probes"]:
+        lines += ["", "== live feed: a writer here, its follower in another process ==",
+                  f"{'probe':<50} {'value':>10} {'unit':<8} target"]
+        lines.append("-" * len(lines[-1]))
+        for p in report["probes"]:
+            if p["error"]:
+                lines.append(f"{p['probe']:<50} error: {p['error']}")
+            for r in p["readings"]:
+                verdict = {True: "PASS", False: "MISS", None: ""}[r["pass"]]
+                target = f"{r['target']} {verdict}" if r["target"] else ""
+                value = "-" if r["value"] is None else fmt_rate(r["value"]) if r["value"] >= 1000 else f"{r['value']:.3g}"
+                lines.append(f"{r['label']:<50} {value:>10} {r['unit']:<8} {target}".rstrip())
+    if report["targets"]:
+        lines += ["", "== aoflite targets (ratio of median rates) =="]
     for t in report["targets"]:
         verdict = {True: "PASS", False: "MISS", None: "n/a"}[t["pass"]]
         lines.append(
@@ -774,8 +1004,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a small smoke run")
     p.add_argument("--only", help=f"comma-separated peers: {','.join(PEERS)}")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--no-tiers", action="store_true", help="skip the tier rows (tools/bench_tiers.py)")
+    p.add_argument("--feed-seconds", type=int, help="seconds each live feed probe measures (default 5; --quick 1)")
+    p.add_argument("--feed-appends", type=int, help="appends per live feed writer run (default 300000; --quick 20000)")
     args = p.parse_args(argv)
+    args.feed_seconds = args.feed_seconds or (1 if args.quick else 5)
+    args.feed_appends = args.feed_appends or (20_000 if args.quick else 300_000)
     args.records = args.records or (20_000 if args.quick else 1_000_000)
     args.probes = 10_000 if args.quick else 100_000
     args.commits = 300 if args.quick else 2_000
@@ -787,14 +1020,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.only) - set(PEERS)
     if unknown:
         p.error(f"unknown peer(s) {', '.join(sorted(unknown))}; choose from {', '.join(PEERS)}")
-    if min([args.records, args.keys, args.repeats, *args.sizes]) < 1:
-        p.error("--records, --keys, --repeats and --sizes must be positive")
+    if min([args.records, args.keys, args.repeats, *args.sizes, args.feed_seconds, args.feed_appends]) < 1:
+        p.error("--records, --keys, --repeats, --sizes and the --feed- counts must be positive")
     return args
 
 
 def select_cases(only: list[str], notes: list[str]) -> list[Case]:
     """The registered cases of the chosen peers that can run here."""
-    missing = {"aoflite": AOFLITE_MISSING, "lmdb": None if lmdb else "`pip install lmdb`"}
+    missing = {
+        "aoflite": AOFLITE_MISSING,
+        "feed": AOFLITE_MISSING,
+        "tiers": AOFLITE_MISSING,
+        "lmdb": None if lmdb else "`pip install lmdb`",
+    }
     chosen = []
     for peer in only:
         if missing.get(peer):
@@ -845,10 +1083,13 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="aoflite-bench-", dir=base))
     runner = Runner(scratch, args.repeats)
     started, t_start = datetime.datetime.now().astimezone(), time.perf_counter()
+    probes: list[dict] = []
     tiers: list[dict] = []
     try:
         groups = run_all(args, cases, runner, notes)
-        if "aoflite" in args.only and not args.no_tiers and not AOFLITE_MISSING:
+        if "feed" in args.only and not AOFLITE_MISSING:
+            probes = run_probes(args, runner)
+        if "tiers" in args.only and not AOFLITE_MISSING:
             import bench_tiers
 
             t_tiers = time.perf_counter()
@@ -876,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
         "groups": groups,
         "results": [r.as_dict() for r in runner.results],
         "targets": evaluate_targets(runner.results),
+        "probes": probes,
         "tiers": tiers,
         "wall_seconds": {
             "total": round(time.perf_counter() - t_start, 1),
