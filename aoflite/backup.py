@@ -67,10 +67,10 @@ def _copy(path: str, manifest: Manifest, feed: Feed | None, dest: str, fetch: Fe
     snapshot = Manifest(layout.manifest_dir(dest))
     try:
         recs = {r.segment_id: r for r in snapshot.segments()}
-        for rec in recs.values():
-            if rec.state == "sealed":
-                tiers = _copy_sealed(path, manifest, dest, rec, fetch)
-                snapshot.note_facts(rec.segment_id, tiers=tiers)
+        for sealed in recs.values():
+            if sealed.state == "sealed":
+                tiers = _copy_sealed(path, manifest, dest, sealed, fetch)
+                snapshot.note_facts(sealed.segment_id, tiers=tiers)
         snapshot.forget_text_setting("tier2_url")
     finally:
         snapshot.close()

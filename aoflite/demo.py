@@ -37,7 +37,7 @@ def _reading(device: int, seq: int, rng: random.Random) -> bytes:
 SEGMENT_BYTES = 4 << 20
 #: Small budgets, so that segments move while the demo runs: Tier 0 keeps
 #: about two sealed segments, Tier 1 about four compressed ones.
-BUDGETS = {"tier0_max_bytes": 2 * SEGMENT_BYTES, "tier1_max_bytes": SEGMENT_BYTES}
+BUDGETS: dict[str, Any] = {"tier0_max_bytes": 2 * SEGMENT_BYTES, "tier1_max_bytes": SEGMENT_BYTES}
 
 
 def _where(db: Any, out: TextIO, title: str) -> None:
@@ -111,9 +111,9 @@ def run(
         print(f"\n(drain_tiers: the pipeline caught up in {time.perf_counter() - t0:.2f} s)", file=out)
         _where(db, out, "after drain_tiers: every sealed segment in Tier 2, local disk within budget")
         cold = db.residency()[0]
-        kid = next(k for k in names if expected[k])
+        first_key = next(k for k in names if expected[k])
         t0 = time.perf_counter()
-        db.read(kid, 0)
+        db.read(first_key, 0)
         cold_ms = (time.perf_counter() - t0) * 1000
 
         # every record, store-wide in LSN order: each evicted segment comes

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import errors, layout, recovery
 from .args import U64_END, check_key, check_offset, check_timeout
@@ -307,9 +307,9 @@ class Reads:
             return None
         sid = ranges[i][1]
         if self.cold is not None and wait and sid not in self._sealed:
-            got = self.cold.read(sid, kid, offset)
-            if got is not LOCAL:
-                return got  # type: ignore[return-value]
+            cold = self.cold.read(sid, kid, offset)
+            if cold is not LOCAL:
+                return cast("tuple[int, int, bytes, bool] | None", cold)
         return self.segment(sid, wait).read(kid, offset)
 
     def scan(
