@@ -153,6 +153,8 @@ SCENARIOS: dict[str, list[Step]] = {
     "tier.after_upload": [Crash("tier.after_upload", 1, TIERED)],
     "tier.before_unlink": [Crash("tier.before_unlink", 1, TIERED)],
     "hydrate.after_fetch": [Crash("hydrate.after_fetch", 0, TIERED)],
+    # retention drops old segments from the manifest, then their files
+    "retention.after_manifest": [Crash("retention.after_manifest", 0, {**BIG, "retain_segments": 2})],
 }
 
 

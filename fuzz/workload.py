@@ -71,6 +71,8 @@ class Spec:
     # tiering: sealed segments go to a file:// Tier 2 beside the store and
     # leave local disk at once, so reads of old records hydrate them back
     tiered: bool = False
+    # retention: keep this many sealed segments (older records are retired)
+    retain_segments: int | None = None
 
     def open_kwargs(self) -> dict:
         """The settings a parent reopens the store with."""
@@ -79,6 +81,8 @@ class Spec:
             "segment_bytes": self.segment_bytes,
             "flush_interval_ms": self.flush_interval_ms,
         }
+        if self.retain_segments is not None:
+            kwargs["retention_max_segments"] = self.retain_segments
         if self.tiered:
             tier2 = self.path + ".tier2"
             os.makedirs(tier2, exist_ok=True)
