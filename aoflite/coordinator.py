@@ -42,7 +42,7 @@ from .failpoints import hit
 from .lifecycle import Lifecycle
 from .manifest import Manifest, SegmentRecord
 from .reads import Reads
-from .tiers.base import RetryPolicy, Tier2Backend, file_digest, open_backend, segment_object_name
+from .tiers.base import RetryPolicy, Tier2Backend, confirm_object, file_digest, open_backend, segment_object_name
 from .tiers.seekable import compress_segment
 
 __all__ = ["Coordinator", "Residency", "open_tier2", "residency", "tiering_enabled"]
@@ -163,6 +163,10 @@ class Coordinator:
         self._failures = _Failures(retry_policy(config, floor_ms=10))
         self._last_used: dict[int, float] = {}
         self._pending = {"compression": 0, "upload": 0, "eviction": 0}
+        # the writer's Tier 2 steward (aoflite.snapshots): hears of each
+        # confirmed upload (in the remote worker) and of the stop
+        self.on_uploaded: Callable[[int], None] | None = None
+        self.on_stopped: Callable[[], None] | None = None
         os.makedirs(layout.tier1_dir(path), exist_ok=True)
         _remove_stale_temporaries(path)
         self._threads = [
@@ -188,6 +192,8 @@ class Coordinator:
         for t in self._threads:
             if t.is_alive() and t is not threading.current_thread():
                 t.join()
+        if self.on_stopped is not None:
+            self.on_stopped()
 
     def notify(self) -> None:
         """Something changed (a seal, a hydration): look for work now."""
@@ -375,14 +381,7 @@ class Coordinator:
             self._backend.put(name, src, records=r.record_count)
             # confirmed by reading the object's facts back, not assumed from the put
             hit("tier.after_upload")
-            got = self._backend.head(name)
-            if (got.size, got.checksum) != (size, checksum):
-                raise errors.Tier2Error(
-                    f"{self._backend.url}/{name}: the stored object is {got.size} bytes with SHA-256 "
-                    f"{got.checksum}, the upload was {size} bytes with {checksum}",
-                    reason="checksum_mismatch",
-                    retryable=True,
-                )
+            confirm_object(self._backend, name, size, checksum)
         except FileNotFoundError:
             return  # evicted meanwhile
         except (errors.Error, OSError) as e:
@@ -393,6 +392,8 @@ class Coordinator:
         self._manifest.record_tier(
             sid, "UploadDone", add=("t2",), facts={"t2_bytes": size, "t2_checksum": checksum}, object=name, bytes=size
         )
+        if self.on_uploaded is not None:
+            self.on_uploaded(sid)
         self.notify()  # Tier 1 copies may go now
 
     # ------------------------------------------------------------ eviction

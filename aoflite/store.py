@@ -36,6 +36,7 @@ from .lifecycle import Lifecycle
 from .manifest import Manifest
 from .reads import Reads
 from .record import Record
+from .snapshots import Steward
 from .writes import Writes
 
 __all__ = ["Store", "open"]
@@ -213,9 +214,14 @@ class Store:
         """The background moves of sealed segments down the tiers."""
         w = self._writes
         assert w is not None
+        # one writer per Tier 2 prefix: the lease (LockedError), fenced uploads, snapshots
+        steward = Steward(backend, self._manifest, self.path, self.config) if backend is not None else None
         c = self._coordinator = Coordinator(
-            self.path, self._manifest, self._reads, backend, self.config, self._life, w.seal_if_idle
+            self.path, self._manifest, self._reads, steward.backend if steward else backend, self.config,
+            self._life, w.seal_if_idle,
         )
+        if steward is not None:
+            c.on_uploaded, c.on_stopped = steward.uploaded, steward.stopped
         w.admit = c.admit
         w.on_seal = c.notify
         self._reads.on_use = c.used
