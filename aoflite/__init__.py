@@ -25,12 +25,14 @@ from .errors import (
     TransactionError,
 )
 from .record import Record
+from .restore import restore
 from .store import Store, open
 
 __version__ = "0.1.0"
 
 __all__ = [
     "open",
+    "restore",
     "Store",
     "Record",
     "Config",

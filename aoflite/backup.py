@@ -21,7 +21,7 @@ from . import errors, layout
 from .manifest import Manifest
 from .segment import Feed, Segment
 
-__all__ = ["backup"]
+__all__ = ["backup", "remove_partial"]
 
 
 def backup(path: str, manifest: Manifest, feed: Feed | None, dest: str) -> int:
@@ -34,14 +34,19 @@ def backup(path: str, manifest: Manifest, feed: Feed | None, dest: str) -> int:
     try:
         return _copy(path, manifest, feed, dest)
     except BaseException:
-        # a half-made copy must not pass for a store: remove what we made
-        if made:
-            shutil.rmtree(dest, ignore_errors=True)
-        else:
-            for name in os.listdir(dest):
-                target = os.path.join(dest, name)
-                shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.unlink(target)
+        remove_partial(dest, made)
         raise
+
+
+def remove_partial(dest: str, made: bool) -> None:
+    """A half-made copy must not pass for a store: remove dest when we made
+    it, else empty it again."""
+    if made:
+        shutil.rmtree(dest, ignore_errors=True)
+    else:
+        for name in os.listdir(dest):
+            target = os.path.join(dest, name)
+            shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.unlink(target)
 
 
 def _copy(path: str, manifest: Manifest, feed: Feed | None, dest: str) -> int:

@@ -28,6 +28,7 @@ from . import errors, layout
 from .config import Config
 from .failpoints import hit
 from .manifest import Manifest, SegmentRecord
+from .restore import with_origins
 from .segment import Segment
 from .tiers.base import Tier2Backend, segment_object_name
 from .tiers.seekable import FileSource, decompress_segment
@@ -67,7 +68,8 @@ class Hydrator:
     ):
         self.path = path
         self._manifest = manifest
-        self._backend = backend
+        # a restored store also reads the Tier 2s it was restored from
+        self._backend = with_origins(backend, manifest, config)
         self._ledger = ledger
         self._on_hydrated = on_hydrated
         self._timeout_ms = config.tiers.hydration_timeout_ms
