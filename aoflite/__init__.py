@@ -25,6 +25,7 @@ from .errors import (
     TransactionError,
 )
 from .record import Record
+from .replica import Replica, open_replica
 from .restore import restore
 from .store import Store, open
 
@@ -33,7 +34,9 @@ __version__ = "0.1.0"
 __all__ = [
     "open",
     "restore",
+    "open_replica",
     "Store",
+    "Replica",
     "Record",
     "Config",
     "DurabilityConfig",
