@@ -164,9 +164,11 @@ class Coordinator:
         self._last_used: dict[int, float] = {}
         self._pending = {"compression": 0, "upload": 0, "eviction": 0}
         # the writer's Tier 2 steward (aoflite.snapshots): hears of each
-        # confirmed upload (in the remote worker) and of the stop
+        # confirmed upload (in the remote worker) and of the stop, and says
+        # when a manifest snapshot is due (drain waits for it)
         self.on_uploaded: Callable[[int], None] | None = None
         self.on_stopped: Callable[[], None] | None = None
+        self.snapshot_due: Callable[[], bool] | None = None
         os.makedirs(layout.tier1_dir(path), exist_ok=True)
         _remove_stale_temporaries(path)
         self._threads = [
@@ -464,6 +466,8 @@ class Coordinator:
         if self._backend is not None and self._t1_max is not None and sum(t1.values()) > self._t1_max:
             if any("t2" in r.tiers and r.segment_id in t1 for r in recs):
                 return "Tier 1 is over budget"
+        if self.snapshot_due is not None and self.snapshot_due():
+            return "a manifest snapshot is due"
         return None
 
     def drain(self, timeout: float | None = None) -> None:

@@ -3,7 +3,8 @@
 A snapshot is the LMDB data file of a consistent copy of the manifest
 (``Manifest.copy_to``: one read transaction, compacted), compressed with
 zstd into one object, ``manifest/<snapshot id>.mdb.zst``. The id is
-``<milliseconds, 15 digits>-e<epoch>`` so ids sort by time. Only after
+``<milliseconds, 15 digits>-e<epoch>-<ledger sequence>``, so ids sort by
+time and two snapshots never share one. Only after
 Tier 2 confirmed that object (size and SHA-256 read back) is the pointer
 ``manifest/latest`` written, a small JSON object::
 
@@ -128,12 +129,13 @@ def take(manifest: Manifest, backend: Tier2Backend, *, epoch: int = 0) -> Snapsh
             held = restorable(copy.segments())
             store_id = int(copy.get_meta("store_id") or 0)
             count = len(copy.segments())
+            seq = copy.ledger_seq()
         finally:
             copy.close()
         packed = os.path.join(work, "snapshot.mdb.zst")
         _compress(os.path.join(copy_dir, "data.mdb"), packed)
         now = time.time_ns() // 1_000_000
-        name = f"manifest/{now:015d}-e{epoch}.mdb.zst"
+        name = f"manifest/{now:015d}-e{epoch}-{seq}.mdb.zst"
         size, checksum = file_digest(packed)
         backend.put(name, packed, records=count)
         confirm_object(backend, name, size, checksum)
@@ -200,7 +202,10 @@ class Steward:
         #: what the pipeline uploads through: every write checks the lease
         self.backend = FencedBackend(backend, self.lease)
         self._every = config.tiers.snapshot_every_seals
-        self._since = 0  # uploads since the last snapshot
+        # segments Tier 2 held at the last snapshot (counted from the
+        # manifest, so an upload is due for a snapshot from the moment it
+        # is recorded: drain_tiers never returns in between)
+        self._held = self._confirmed()
         self._taken = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -212,15 +217,31 @@ class Steward:
         while not self._stop.wait(self.lease.lease_s / 3):
             with contextlib.suppress(errors.Error, OSError):  # an outage: the lease may lapse, as it should
                 self.lease.heartbeat()
+            with self._lock:
+                if not self._stopped and self._due():
+                    self._snapshot()  # one that failed before: tried again
+
+    def _confirmed(self) -> int:
+        return sum(1 for r in self._manifest.segments() if r.state == "sealed" and "t2" in r.tiers)
+
+    def _due(self) -> bool:
+        return self.lease.fenced is None and self._confirmed() - self._held >= self._every
+
+    def due(self) -> bool:
+        """Whether snapshot_every_seals uploads have been confirmed since
+        the last snapshot (which the remote worker is taking)."""
+        with contextlib.suppress(errors.Error):
+            return self._due()
+        return False
 
     def uploaded(self, segment_id: int) -> None:
         """The pipeline confirmed segment_id in Tier 2 (its remote worker)."""
         with self._lock:
-            self._since += 1
-            if self._since >= self._every:
+            if self._due():
                 self._snapshot()
 
     def _snapshot(self) -> None:
+        held = self._confirmed()
         try:
             take(self._manifest, self.backend, epoch=self.lease.epoch)
         except (errors.Error, OSError) as e:
@@ -229,7 +250,7 @@ class Steward:
                     "CustomEvent", name="SnapshotFailed", reason=getattr(e, "reason", type(e).__name__), error=str(e)
                 )
             return
-        self._since = 0
+        self._held = held
         self._taken = True
 
     def stopped(self) -> None:
@@ -240,7 +261,7 @@ class Steward:
                 return
             self._stopped = True
             self._stop.set()
-            if self.lease.fenced is None and (self._since or not self._taken):
+            if self.lease.fenced is None and (self._confirmed() != self._held or not self._taken):
                 self._snapshot()
             with contextlib.suppress(errors.Error, OSError):
                 self.lease.release()

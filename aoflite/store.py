@@ -221,7 +221,7 @@ class Store:
             self._life, w.seal_if_idle,
         )
         if steward is not None:
-            c.on_uploaded, c.on_stopped = steward.uploaded, steward.stopped
+            c.on_uploaded, c.on_stopped, c.snapshot_due = steward.uploaded, steward.stopped, steward.due
         w.admit = c.admit
         w.on_seal = c.notify
         self._reads.on_use = c.used
