@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import errors, layout
+from .backup import remove_partial
 from .config import Config
 from .coordinator import Residency, open_tier2
 from .hydration import facts_mismatch
@@ -81,18 +82,25 @@ class Replica:
         self._lock = threading.RLock()
         self._used: dict[int, float] = {}
         self._previous: Store | None = None  # kept open one refresh longer, for iterators under way
-        self._claim_cache()
+        self._check_cache()
         snap = self._pointer()
-        gen = self._reusable(snap)
-        if gen is None:
-            gen = self._restore(snap, None)
-        self._store = self._open(gen)
+        made = self._claim_cache()
+        try:
+            gen = self._reusable(snap)
+            if gen is None:
+                gen = self._restore(snap, None)
+            self._store = self._open(gen)
+        except BaseException:
+            if made is not None:
+                remove_partial(self.cache_dir, made)  # nothing half-made
+            raise
         self._gen, self._snapshot = gen, snap.name
         self._remove_generations(keep=(gen,))
 
     # ------------------------------------------------------------ cache
 
-    def _claim_cache(self) -> None:
+    def _check_cache(self) -> None:
+        """FormatError unless cache_dir is new, empty or this replica's cache."""
         marker = os.path.join(self.cache_dir, _MARKER)
         if os.path.exists(marker):
             with open(marker, encoding="utf-8") as f:
@@ -102,14 +110,22 @@ class Replica:
                     f"{self.cache_dir}: the replica cache of {source}, not of {self._backend.url} "
                     "(use another cache_dir)"
                 )
-            return
-        if os.path.exists(self.cache_dir) and (not os.path.isdir(self.cache_dir) or os.listdir(self.cache_dir)):
+        elif os.path.exists(self.cache_dir) and (not os.path.isdir(self.cache_dir) or os.listdir(self.cache_dir)):
             raise errors.FormatError(
                 f"{self.cache_dir}: exists and is neither empty nor a replica cache (use a new cache_dir)"
             )
+
+    def _claim_cache(self) -> bool | None:
+        """Make cache_dir this replica's cache: None when it was one
+        already, else whether the directory was made now."""
+        marker = os.path.join(self.cache_dir, _MARKER)
+        if os.path.exists(marker):
+            return None
+        made = not os.path.exists(self.cache_dir)
         os.makedirs(self.cache_dir, exist_ok=True)
         with open(marker, "w", encoding="utf-8") as f:
             json.dump({"source": self._backend.url}, f)
+        return made
 
     def _pointer(self) -> Snapshot:
         snap = read_pointer(self._backend)

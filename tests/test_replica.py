@@ -5,12 +5,13 @@ refresh(), and keeps its cache within its budget."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 import aoflite
 from test_restore import every_record, writer
-from test_tiers import check_all, fill
+from test_tiers import FAST, SEG, check_all, fill
 
 
 def cache_bytes(path) -> int:
@@ -65,6 +66,12 @@ def test_replica_reuses_its_cache_and_refuses_a_foreign_one(tmp_path, bucket):
         aoflite.open_replica(url, str(tmp_path / "junk"))
     with pytest.raises(aoflite.NotFound, match="no manifest snapshot"):
         aoflite.open_replica(f"file://{other}", str(tmp_path / "fresh"))
+    assert not (tmp_path / "fresh").exists()
+    with pytest.raises(ValueError, match="scheme"):
+        aoflite.open_replica("ftp://x/y", str(tmp_path / "fresh"))
+    with pytest.raises(TypeError):
+        aoflite.open_replica(url, None)  # type: ignore[arg-type]
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_replica_keeps_its_cache_within_budget(tmp_path, bucket):
@@ -86,3 +93,24 @@ def test_replica_keeps_its_cache_within_budget(tmp_path, bucket):
         assert peak <= budget + 2 * (1 << 20) + (1 << 20)
         assert cache_bytes(rep.store.path) <= budget + 2 * (1 << 20)
         check_all(rep, counts)
+
+
+def test_replica_against_s3(s3_server, tmp_path):
+    """A replica served from the S3 protocol server follows its writer."""
+    prefix = f"replica-{os.getpid()}-{time.monotonic_ns()}"
+    opts = s3_server.settings(**FAST)
+    url = f"s3://{s3_server.bucket}/{prefix}"
+    with aoflite.open(
+        str(tmp_path / "s"), segment_bytes=SEG, tier2_url=url, tier0_max_bytes=0, tier1_max_bytes=0,
+        snapshot_every_seals=1, **opts,
+    ) as db:
+        counts = fill(db, 5_000)
+        db.seal()
+        db.drain_tiers(timeout=60)
+        with aoflite.open_replica(url, str(tmp_path / "cache"), **opts) as rep:
+            check_all(rep, counts)
+            counts = fill(db, 3_000, counts)
+            db.seal()
+            db.drain_tiers(timeout=60)
+            assert rep.refresh() is True
+            check_all(rep, counts)

@@ -252,12 +252,7 @@ def test_bad_inputs_raise_and_leave_nothing(tmp_path, bucket):
 def test_restore_against_s3(s3_server, tmp_path):
     """Snapshots, restore and reads through the S3 protocol server."""
     prefix = f"restore-{os.getpid()}-{time.monotonic_ns()}"
-    opts = {
-        "tier2_endpoint": s3_server.endpoint,
-        "tier2_access_key": s3_server.access_key,
-        "tier2_secret_key": s3_server.secret_key,
-        **FAST,
-    }
+    opts = s3_server.settings(**FAST)
     url = f"s3://{s3_server.bucket}/{prefix}"
     with aoflite.open(
         str(tmp_path / "s"), segment_bytes=SEG, tier2_url=url, tier0_max_bytes=0, tier1_max_bytes=0, **opts
