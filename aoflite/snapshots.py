@@ -22,8 +22,9 @@ one); a restore drops them (see ``aoflite.restore``). The newest
 The writer's ``Steward`` takes the prefix's lease at open
 (``aoflite.tiers.fence``), routes the pipeline's writes through the
 lease check, heartbeats it, takes a snapshot every
-``snapshot_every_seals`` uploads (from the pipeline's remote worker) and
-once more when the pipeline stops, and gives the lease up at close.
+``snapshot_every_seals`` uploads (in a thread of its own, woken by the
+pipeline's remote worker, so uploads never wait for a snapshot) and once
+more when the pipeline stops, and gives the lease up at close.
 Each snapshot is recorded as a SnapshotMarker ledger event.
 """
 
@@ -208,18 +209,29 @@ class Steward:
         self._held = self._confirmed()
         self._taken = False
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._stopped = False
-        self._beat = threading.Thread(target=self._heartbeats, name="aoflite-tier2-lease", daemon=True)
-        self._beat.start()
+        # snapshots are taken here, not in the remote worker: a snapshot
+        # costs a manifest copy and two writes, which uploads need not wait for
+        self._thread = threading.Thread(target=self._run, name="aoflite-tier2-steward", daemon=True)
+        self._thread.start()
 
-    def _heartbeats(self) -> None:
-        while not self._stop.wait(self.lease.lease_s / 3):
-            with contextlib.suppress(errors.Error, OSError):  # an outage: the lease may lapse, as it should
-                self.lease.heartbeat()
+    def _run(self) -> None:
+        beat = self.lease.lease_s / 3
+        next_beat = time.monotonic() + beat
+        while True:
+            self._wake.wait(max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if time.monotonic() >= next_beat:
+                with contextlib.suppress(errors.Error, OSError):  # an outage: the lease may lapse, as it should
+                    self.lease.heartbeat()
+                next_beat = time.monotonic() + beat
             with self._lock:
-                if not self._stopped and self._due():
-                    self._snapshot()  # one that failed before: tried again
+                if self._due():
+                    self._snapshot()  # due after uploads, or one that failed before
 
     def _confirmed(self) -> int:
         return sum(1 for r in self._manifest.segments() if r.state == "sealed" and "t2" in r.tiers)
@@ -229,16 +241,14 @@ class Steward:
 
     def due(self) -> bool:
         """Whether snapshot_every_seals uploads have been confirmed since
-        the last snapshot (which the remote worker is taking)."""
+        the last snapshot (which the steward's thread is taking)."""
         with contextlib.suppress(errors.Error):
             return self._due()
         return False
 
     def uploaded(self, segment_id: int) -> None:
         """The pipeline confirmed segment_id in Tier 2 (its remote worker)."""
-        with self._lock:
-            if self._due():
-                self._snapshot()
+        self._wake.set()
 
     def _snapshot(self) -> None:
         held = self._confirmed()
@@ -256,11 +266,14 @@ class Steward:
     def stopped(self) -> None:
         """The pipeline stopped (the store closes): a last snapshot when
         anything changed, then the lease goes. Idempotent."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()  # no heartbeat may write the lease after it is given up
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
-            self._stop.set()
             if self.lease.fenced is None and (self._confirmed() != self._held or not self._taken):
                 self._snapshot()
             with contextlib.suppress(errors.Error, OSError):

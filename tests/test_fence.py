@@ -105,3 +105,26 @@ def test_outage_at_open_defers_the_lease(tmp_path):
         a.drain_tiers(timeout=60)
         assert lease(missing)["epoch"] == 1
         assert a.read("k0", counts["k0"] - 1)
+
+
+def test_lease_is_heartbeated_while_idle_and_expires_when_not(tmp_path, bucket, monkeypatch):
+    """An idle writer keeps its lease fresh; once it stops heartbeating (a
+    frozen process, here a dropped lease thread) another store may take the
+    prefix after the lease period, and the old one is fenced."""
+    monkeypatch.setattr(fence, "LEASE_S", 0.6)
+    with writer(tmp_path / "a", bucket) as a:
+        first = lease(bucket)["heartbeat_ms"]
+        time.sleep(0.8)
+        assert lease(bucket)["heartbeat_ms"] > first  # heartbeated with nothing to upload
+        with pytest.raises(aoflite.LockedError):
+            writer(tmp_path / "b", bucket)
+        steward = a._coordinator.on_stopped.__self__
+        steward._stop.set()  # frozen: no more heartbeats
+        steward._thread.join()
+        time.sleep(0.8)
+        with writer(tmp_path / "b", bucket) as b:
+            assert lease(bucket)["epoch"] == 2 and lease(bucket)["path"] == b.path
+            fill(a, 3_000)
+            a.seal()
+            with pytest.raises(aoflite.FencedError):
+                a.drain_tiers(timeout=60)
