@@ -7,7 +7,7 @@
         print(db.read("sensor-1", off).value)
 """
 
-from .config import Config, ConfigError, DurabilityConfig, OpenConfig, ReadConfig, SegmentConfig
+from .config import Config, ConfigError, DurabilityConfig, OpenConfig, ReadConfig, SegmentConfig, load_config
 from .errors import (
     BackpressureError,
     ClosedError,
@@ -43,6 +43,7 @@ __all__ = [
     "SegmentConfig",
     "ReadConfig",
     "OpenConfig",
+    "load_config",
     "Error",
     "NotFound",
     "LockedError",

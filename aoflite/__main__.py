@@ -1,11 +1,6 @@
-"""``python -m aoflite demo [PATH]`` runs the demo."""
+"""``python -m aoflite ...`` runs the ``aoflite`` command (aoflite.cli)."""
 
-import sys
-
-from .demo import main
+from .cli import main
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if not args or args[0] != "demo":
-        sys.exit("usage: python -m aoflite demo [PATH] [--records N] [--keys K]")
-    sys.exit(main(args[1:]))
+    main()

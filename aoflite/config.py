@@ -9,8 +9,9 @@ setting raises ConfigError (a ValueError) naming it.
 
 from __future__ import annotations
 
+import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -151,7 +152,7 @@ class Tier1Config:
     # zstd level; 1 compresses at several hundred MB/s
     level: int = attrs.field(default=1, validator=_int_range(-7, 22))
     # bytes of segment per independent frame: what a cold point read fetches
-    frame_bytes: int = attrs.field(default=1 * MiB, validator=_int_range(64 * KiB, 64 * MiB))
+    frame_bytes: int = attrs.field(default=1 * MiB, validator=_int_range(256 * KiB, 1 * MiB))
 
 
 @attrs.frozen
@@ -208,6 +209,8 @@ class Config:
     tier2: Tier2Config = attrs.field(factory=Tier2Config)
     tiers: TiersConfig = attrs.field(factory=TiersConfig)
     retention: RetentionConfig = attrs.field(factory=RetentionConfig)
+    # HealthConfig is defined at the end of the module, hence the lambda
+    health: HealthConfig = attrs.field(factory=lambda: HealthConfig())
 
     def evolve(self, **overrides: Any) -> Config:
         """A copy with flattened settings replaced: evolve(segment_bytes=1 << 20)."""
@@ -284,7 +287,7 @@ _SECTIONS: dict[str, type] = {
 
 # Sections whose flattened names carry the section as a prefix, so that
 # [tier0] max_bytes in TOML is tier0_max_bytes as a keyword to open().
-_PREFIXED = ("tier0", "tier1", "tier2", "retention")
+_PREFIXED = ("tier0", "tier1", "tier2", "retention", "health")
 
 # flattened name -> (section, field); "durability" alone is the mode
 _FLAT: dict[str, tuple[str, str]] = {"durability": ("durability", "mode")}
@@ -293,3 +296,138 @@ for _section, _cls in _SECTIONS.items():
         if _a.name != "mode":
             _flat = f"{_section}_{_a.name}" if _section in _PREFIXED else _a.name
             _FLAT[_flat] = (_section, _a.name)
+
+
+# ---------------------------------------------------------------- health
+
+
+@attrs.frozen
+class HealthConfig:
+    """Alert thresholds that ``db.health()`` and ``aoflite health`` apply
+    (docs/alerts/aoflite-rules.yml applies the same ones in Prometheus)."""
+
+    # the activation queue is non-empty this long: Tier 0 cannot take new segments
+    activation_queue_s: int = attrs.field(default=60, validator=_int_range(1, 86_400))
+    # hydration p99 above this, over hydration_window_s
+    hydration_p99_ms: int = attrs.field(default=2000, validator=_int_range(1, 3_600_000))
+    hydration_window_s: int = attrs.field(default=300, validator=_int_range(1, 86_400))
+    # upload retries in the last minute above this
+    upload_retries_per_min: int = attrs.field(default=10, validator=_int_range(0, 1_000_000))
+    # flush or manifest (metadata) failures above this; the default 0 alerts on any
+    flush_failures: int = attrs.field(default=0, validator=_int_range(0, 1_000_000))
+    metadata_failures: int = attrs.field(default=0, validator=_int_range(0, 1_000_000))
+    # Tier 2 fetch failures within tier2_fetch_window_s above this
+    tier2_fetch_failures: int = attrs.field(default=2, validator=_int_range(0, 1_000_000))
+    tier2_fetch_window_s: int = attrs.field(default=300, validator=_int_range(1, 86_400))
+
+
+__all__ += ["HealthConfig", "load_config", "find_config_file", "masked", "CONFIG_ENV", "TIER2_ENV"]
+
+_SECTIONS["health"] = HealthConfig
+for _a in attrs.fields(HealthConfig):
+    _FLAT[f"health_{_a.name}"] = ("health", _a.name)
+
+
+# ---------------------------------------------------------------- loading
+
+#: The file a store directory may hold its settings in.
+CONFIG_FILE = "aoflite.toml"
+#: Names a settings file; ``--config`` on the command line wins over it.
+CONFIG_ENV = "AOFLITE_CONFIG"
+#: Environment variables that override [tier2] settings, so credentials can
+#: come from a secret manager instead of a file.
+TIER2_ENV = {
+    "AOFLITE_TIER2_ENDPOINT": "endpoint",
+    "AOFLITE_TIER2_ACCESS_KEY": "access_key",
+    "AOFLITE_TIER2_SECRET_KEY": "secret_key",
+    "AOFLITE_TIER2_CA_BUNDLE": "ca_bundle",
+}
+
+
+def find_config_file(
+    store_path: str | None = None, config_path: str | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The settings file that applies: config_path, else $AOFLITE_CONFIG,
+    else aoflite.toml in the store's directory when there is one."""
+    env = os.environ if env is None else env
+    if config_path:
+        return config_path
+    if env.get(CONFIG_ENV):
+        return env[CONFIG_ENV]
+    if store_path is not None:
+        candidate = os.path.join(store_path, CONFIG_FILE)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def load_config(
+    store_path: str | None = None, config_path: str | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """The settings for a store: the file find_config_file names (none:
+    the defaults), then the AOFLITE_TIER2_* environment variables over
+    [tier2]. A named file that is missing, an unknown key or a bad value
+    raises ConfigError naming the file, the key and why; no message ever
+    holds a credential's value.
+
+    ``aoflite.open(path, config=load_config(path))`` opens a store with them.
+    """
+    env = os.environ if env is None else env
+    path = find_config_file(store_path, config_path, env)
+    config = Config()
+    if path is not None:
+        try:
+            config = Config.from_toml(path)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the configuration file: {e.strerror}") from None
+        except ConfigError as e:
+            msg = _without_secrets(str(e))
+            raise ConfigError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from None
+    overrides: dict[str, Any] = {field: env[name] for name, field in TIER2_ENV.items() if env.get(name)}
+    if overrides:
+        try:
+            config = attrs.evolve(config, tier2=attrs.evolve(config.tier2, **overrides))
+        except ConfigError as e:
+            raise ConfigError(f"environment: {_without_secrets(str(e))}") from None
+    return config
+
+
+def _without_secrets(message: str) -> str:
+    """A validator's message, unless it is about a credential: those quote
+    the value."""
+    for section_cls in _SECTIONS.values():
+        for a in attrs.fields(section_cls):
+            if not a.repr and f"setting {a.name}" in message:
+                return f"setting {a.name}: expected a non-empty string (value not shown)"
+    return message
+
+
+def _is_secret(section: type, field: str) -> bool:
+    # credentials are the fields kept out of repr
+    return not attrs.fields_dict(section)[field].repr
+
+
+def _mask_url(value: str) -> str:
+    """A URL with any user:password@ part replaced."""
+    scheme, sep, rest = value.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return value
+
+
+def masked(config: Config) -> dict[str, dict[str, Any]]:
+    """Every setting by section, as TOML would hold it, with credentials
+    replaced by "***" (or None when unset) and passwords cut out of URLs:
+    what may be printed or logged."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, section_cls in _SECTIONS.items():
+        values = attrs.asdict(getattr(config, name))
+        for field, value in values.items():
+            if value is not None and _is_secret(section_cls, field):
+                values[field] = "***"
+            elif isinstance(value, str):
+                values[field] = _mask_url(value)
+        out[name] = values
+    return out

@@ -38,11 +38,21 @@ from typing import Any, NamedTuple
 
 from . import errors, layout
 from .config import Config, ConfigError
+from .cursors import saved as saved_cursors
 from .failpoints import hit
 from .lifecycle import Lifecycle
 from .manifest import Manifest, SegmentRecord
 from .reads import Reads
-from .tiers.base import RetryPolicy, Tier2Backend, confirm_object, file_digest, open_backend, segment_object_name
+from .tiers.base import (
+    ObjectInfo,
+    OnRetry,
+    RetryPolicy,
+    Tier2Backend,
+    confirm_object,
+    file_digest,
+    open_backend,
+    segment_object_name,
+)
 from .tiers.seekable import compress_segment
 
 __all__ = ["Coordinator", "Residency", "open_tier2", "residency", "tiering_enabled"]
@@ -63,7 +73,18 @@ class Residency(NamedTuple):
 
 
 def tiering_enabled(config: Config) -> bool:
-    """Whether sealed segments move at all: a Tier 2 or a local budget is set."""
+    """Whether the pipeline runs: a Tier 2, a local budget, a retention
+    rule or sealing on time is set."""
+    r = config.retention
+    return any(
+        v is not None
+        for v in (config.tier2.url, config.tier0.max_bytes, config.tier1.max_bytes, r.max_age_s, r.max_bytes,
+                  r.max_segments, config.tiers.seal_interval_s)
+    )
+
+
+def _moves(config: Config) -> bool:
+    """Whether sealed segments move down the tiers (retention alone only removes)."""
     return any(v is not None for v in (config.tier2.url, config.tier0.max_bytes, config.tier1.max_bytes))
 
 
@@ -79,22 +100,67 @@ def retry_policy(config: Config, floor_ms: int = 0) -> RetryPolicy:
     )
 
 
-def open_tier2(config: Config, url: str | None = None) -> Tier2Backend | None:
-    """The configured Tier 2 backend (None when there is none)."""
+class _Metered:
+    """A backend that reports each request and the bytes it moved (the
+    object-store cost review counts them)."""
+
+    def __init__(self, inner: Tier2Backend, on_request: Callable[[str, int], None]):
+        self._inner = inner
+        self._on_request = on_request
+        self.url = inner.url
+
+    def put(self, name: str, path: str | os.PathLike[str], *, records: int) -> ObjectInfo:
+        info = self._inner.put(name, path, records=records)
+        self._on_request("put", info.size)
+        return info
+
+    def get(self, name: str, dest: str | os.PathLike[str]) -> ObjectInfo:
+        info = self._inner.get(name, dest)
+        self._on_request("get", info.size)
+        return info
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        data = self._inner.get_range(name, offset, length)
+        self._on_request("get", len(data))
+        return data
+
+    def head(self, name: str) -> ObjectInfo:
+        self._on_request("head", 0)
+        return self._inner.head(name)
+
+    def delete(self, name: str) -> None:
+        self._on_request("delete", 0)
+        self._inner.delete(name)
+
+    def list(self, prefix: str = "") -> list[str]:
+        self._on_request("list", 0)
+        return self._inner.list(prefix)
+
+
+def open_tier2(
+    config: Config,
+    url: str | None = None,
+    *,
+    on_retry: OnRetry | None = None,
+    on_request: Callable[[str, int], None] | None = None,
+) -> Tier2Backend | None:
+    """The configured Tier 2 backend (None when there is none); on_retry
+    hears of every retried request, on_request of every request."""
     t2 = config.tier2
     url = url or t2.url
     if url is None:
         return None
-    options: dict[str, Any] = {"retry": retry_policy(config)}
+    options: dict[str, Any] = {"retry": retry_policy(config), "on_retry": on_retry}
     if url.startswith("s3://"):
         options.update(
             endpoint=t2.endpoint, region=t2.region, access_key=t2.access_key, secret_key=t2.secret_key,
             ca_bundle=t2.ca_bundle,
         )
     try:
-        return open_backend(url, **options)
+        backend = open_backend(url, **options)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"setting tier2_url={url!r}: {e}") from None
+    return backend if on_request is None else _Metered(backend, on_request)
 
 
 class _Failures:
@@ -152,6 +218,10 @@ class Coordinator:
         self._config = config
         self._life = life
         self._seal = seal
+        #: told of each admission refusal: (kind, error)
+        self.on_backpressure: Callable[[str, BaseException], None] | None = None
+        #: told of each failed upload, which the pipeline tries again: (segment, error)
+        self.on_upload_failed: Callable[[int, BaseException], None] | None = None
         self._t0_max = config.tier0.max_bytes
         self._t1_max = config.tier1.max_bytes
         self._cond = threading.Condition()
@@ -169,8 +239,11 @@ class Coordinator:
         self.on_uploaded: Callable[[int], None] | None = None
         self.on_stopped: Callable[[], None] | None = None
         self.snapshot_due: Callable[[], bool] | None = None
-        os.makedirs(layout.tier1_dir(path), exist_ok=True)
+        self._moves = _moves(config)
+        if self._moves:
+            os.makedirs(layout.tier1_dir(path), exist_ok=True)
         _remove_stale_temporaries(path)
+        _remove_retired_files(path, manifest)
         self._threads = [
             threading.Thread(target=self._run, args=(self._local_pass,), name="aoflite-tier-local", daemon=True)
         ]
@@ -215,7 +288,8 @@ class Coordinator:
                 busy = one_pass()
             except errors.ClosedError:
                 return
-            except Exception:  # a pass never dies: each step records its own failure
+            except Exception as e:  # a bug or an unforeseen error: never the end of the pipeline
+                self._failures.failed("pass", 0, e)
                 busy = False
             with self._cond:
                 self._passes += 1
@@ -282,12 +356,15 @@ class Coordinator:
                 if remaining <= 0:
                     behind = self._failures.last()
                     cause = f"; the pipeline's last error: {behind}" if behind is not None else ""
-                    raise errors.BackpressureError(
+                    refused = errors.BackpressureError(
                         "admission",
                         f"{self.path}: local disk budget full: {why}, and nothing can be evicted yet "
                         f"(waited admission_timeout_ms={timeout_ms}{cause}). Everything appended so far is "
                         "safe; retry once compression and upload catch up, or raise the budget",
                     )
+                    if self.on_backpressure is not None:
+                        self.on_backpressure("admission", refused)
+                    raise refused
                 with self._cond:
                     self._cond.notify_all()
                     self._cond.wait(min(remaining, 0.05))
@@ -301,6 +378,12 @@ class Coordinator:
         """Compress what Tier 1 lacks, then evict Tier 0 over budget. True
         when it did something (look again at once)."""
         self._maybe_seal()
+        if self._note_last_timestamp():
+            return True
+        if self._retire():
+            return True
+        if not self._moves:
+            return False
         recs = self._sealed()
         t0 = self._t0_files(recs)
         # a segment Tier 2 holds needs no Tier 1 copy to leave Tier 0
@@ -359,8 +442,21 @@ class Coordinator:
     # ------------------------------------------------------------ remote work
 
     def _remote_pass(self) -> bool:
-        """Upload what Tier 2 lacks, then evict Tier 1 over budget."""
+        """Delete retired objects, upload what Tier 2 lacks, then evict
+        Tier 1 over budget."""
         assert self._backend is not None
+        for sid, name in self._manifest.queued_deletes().items():
+            if self._stopped():
+                return False
+            if self._failures.ready("delete", sid):
+                try:
+                    self._backend.delete(name)
+                except errors.Error as e:
+                    self._failures.failed("delete", sid, e)
+                    continue
+                self._failures.done("delete", sid)
+                self._manifest.tier2_deleted(sid, name)
+                return True
         recs = self._sealed()
         t1 = self._t1_files(recs)
         todo = [r for r in recs if "t2" not in r.tiers and "t1" in r.tiers and r.segment_id in t1]
@@ -389,6 +485,8 @@ class Coordinator:
         except (errors.Error, OSError) as e:
             self._failures.failed("upload", sid, e)
             self._manifest.record_tier(sid, "UploadFailed", reason=_reason(e), error=str(e))
+            if self.on_upload_failed is not None:
+                self.on_upload_failed(sid, e)
             return
         self._failures.done("upload", sid)
         self._manifest.record_tier(
@@ -397,6 +495,80 @@ class Coordinator:
         if self.on_uploaded is not None:
             self.on_uploaded(sid)
         self.notify()  # Tier 1 copies may go now
+
+    # ------------------------------------------------------------ retention
+
+    def _note_last_timestamp(self) -> bool:
+        """Record the last record's timestamp of one sealed segment that
+        lacks it (a walk over the segment: kept off the roll's path)."""
+        if self._config.retention.max_age_s is None:
+            return False
+        for r in self._sealed():
+            if r.last_ts_ms or not r.record_count:
+                continue
+            try:
+                seg = self._reads.segment(r.segment_id)
+            except errors.Error:
+                return False  # not readable now: age falls back to the next segment's start
+            _, _, _, _, tss, _, _ = seg.scan(0, r.last_lsn, 1)
+            if tss:
+                self._manifest.note_facts(r.segment_id, last_ts_ms=int(tss[0]))
+                return True
+        return False
+
+    def _retention_due(self) -> tuple[SegmentRecord, str, dict[str, int]] | None:
+        """The segment retention removes next, why, and the cursors that
+        had not consumed it; None when nothing is due. Whole segments, in
+        LSN order; a segment a cursor has not consumed stays unless the
+        byte budget (the hard one) forces it out."""
+        rule = self._config.retention
+        if rule.max_age_s is None and rule.max_bytes is None and rule.max_segments is None:
+            return None
+        recs = self._sealed()
+        if not recs:
+            return None
+        oldest = recs[0]
+        total = sum(r.file_bytes for r in recs)
+        by_bytes = rule.max_bytes is not None and total > rule.max_bytes
+        by_count = rule.max_segments is not None and len(recs) > rule.max_segments
+        by_age = False
+        if rule.max_age_s is not None:
+            newest = oldest.last_ts_ms
+            if not newest:
+                # not noted yet: its newest record is no newer than the next segment's first
+                nxt = recs[1] if len(recs) > 1 else self._manifest.segment_after(oldest.segment_id)
+                newest = nxt.first_ts_ms if nxt is not None and nxt.first_ts_ms else oldest.sealed_ms
+            by_age = time.time() * 1000 - newest > rule.max_age_s * 1000
+        if not (by_bytes or by_count or by_age):
+            return None
+        behind = {n: lsn for n, lsn in saved_cursors(self.path).items() if lsn < oldest.last_lsn}
+        if behind and not by_bytes:
+            return None  # a consumer still needs it
+        return oldest, "max_bytes" if by_bytes else "max_segments" if by_count else "max_age", behind
+
+    def _retire(self) -> bool:
+        """Retire the segment retention says is due, if any (the ledger
+        says which cursor lost what). True when it retired one."""
+        due = self._retention_due()
+        if due is None:
+            return False
+        oldest, reason, behind = due
+        held = "t2" in oldest.tiers and self._backend is not None
+        sid = oldest.segment_id
+        rec = self._manifest.retire_segment(
+            sid, reason=reason, object_name=segment_object_name(sid) if held else None, overrun=behind
+        )
+        if rec is None:
+            return False
+        hit("retention.after_manifest")
+        self._reads.forget_segment(sid)
+        self._reads.publish(self._reads.live())  # no cached range may send a read to it
+        for p in (layout.segment_path(self.path, sid), layout.tier1_path(self.path, sid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+                layout.fsync_dir(os.path.dirname(p))
+        self.notify()
+        return True
 
     # ------------------------------------------------------------ eviction
 
@@ -453,9 +625,15 @@ class Coordinator:
 
     def _outstanding(self) -> str | None:
         """What is left to do, from the manifest and the files (None: nothing)."""
+        if self._retention_due() is not None:
+            return "retention has a segment to retire"
+        if self._backend is not None and self._manifest.queued_deletes():
+            return "a retired segment's Tier 2 object waits for deletion"
         recs = self._sealed()
         t0, t1 = self._t0_files(recs), self._t1_files(recs)
         for r in recs:
+            if not self._moves:
+                break
             if "t1" not in r.tiers and "t2" not in r.tiers and r.segment_id in t0:
                 return f"segment {r.segment_id} waits for compression"
             if self._backend is not None and "t2" not in r.tiers:
@@ -492,12 +670,7 @@ class Coordinator:
 
     def stats(self) -> dict[str, Any]:
         """The pipeline's part of Store.stats()."""
-        res = self.residency()
-        tier_bytes = {t: sum(r.tiers.get(t, 0) for r in res) for t in ("t0", "t1", "t2")}
-        tier_segments = {t: sum(1 for r in res if t in r.tiers) for t in ("t0", "t1", "t2")}
         out: dict[str, Any] = {
-            "tier_bytes": tier_bytes,
-            "tier_segments": tier_segments,
             "queues": {
                 "activation": self._waiting_admission,
                 "compression": self._pending["compression"],
@@ -560,6 +733,22 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, OSError | errors.StorageError):
         return "io_error"
     return type(e).__name__
+
+
+def _remove_retired_files(root: str, manifest: Manifest) -> None:
+    """Local files of segments retention removed from the manifest, left
+    behind by a crash between the manifest commit and the unlink (ids at or
+    below the retired mark that the manifest no longer knows)."""
+    through = manifest.retired_through()
+    if not through:
+        return
+    known = {r.segment_id for r in manifest.segments()}
+    for sid in layout.segment_ids(root):
+        if sid <= through and sid not in known:
+            os.unlink(layout.segment_path(root, sid))
+    for sid in layout.tier1_ids(root):
+        if sid <= through and sid not in known:
+            os.unlink(layout.tier1_path(root, sid))
 
 
 def _remove_stale_temporaries(root: str, older_than_s: float = 600.0) -> None:

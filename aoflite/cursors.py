@@ -22,7 +22,7 @@ from . import errors, layout
 from .args import check_offset
 from .failpoints import io
 
-__all__ = ["Cursor", "CursorInfo", "Cursors"]
+__all__ = ["Cursor", "CursorInfo", "Cursors", "copy_cursors"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SUFFIX = ".cursor"
@@ -40,6 +40,79 @@ class CursorInfo(NamedTuple):
 
 def _dir(root: str) -> str:
     return os.path.join(root, "cursors")
+
+
+def _names(root: str) -> list[str]:
+    try:
+        return sorted(n[: -len(_SUFFIX)] for n in os.listdir(_dir(root)) if n.endswith(_SUFFIX))
+    except FileNotFoundError:
+        return []
+
+
+def saved(root: str) -> dict[str, int]:
+    """Every saved cursor of the store at root: name -> LSN (what retention
+    must not remove unless a hard byte budget forces it)."""
+    out = {}
+    for name in _names(root):
+        got = _load(root, name)
+        if got is not None:
+            out[name] = got[0]
+    return out
+
+
+def _load(root: str, name: str) -> tuple[int, object] | None:
+    """The saved LSN of cursor name and when it was saved (ms since the
+    epoch), or None when it was never saved."""
+    path = os.path.join(_dir(root), name + _SUFFIX)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise errors.CorruptionError(f"{path}: unreadable cursor: {e} (save it again)", path=path) from None
+    lsn = data.get("lsn") if isinstance(data, dict) else None
+    if type(lsn) is not int or lsn < 0 or data.get("name") != name:
+        raise errors.CorruptionError(f"{path}: damaged cursor (save it again)", path=path)
+    return int(lsn), data.get("saved_ms")
+
+
+def _store(root: str, name: str, lsn: int, saved_ms: object) -> None:
+    """Replace cursor name's file atomically: the old position or the new
+    one survives a crash, never a mix."""
+    d = _dir(root)
+    path = os.path.join(d, name + _SUFFIX)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    body = json.dumps({"name": name, "lsn": lsn, "saved_ms": saved_ms}).encode()
+    try:
+        os.makedirs(d, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            io("layout.fsync")
+            os.fsync(f.fileno())
+        io("layout.rename")
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise errors.StorageError(e.errno or 0, f"saving cursor {name!r} at {path}: {e}") from None
+    layout.fsync_dir(d)
+
+
+def copy_cursors(root: str, dest: str, upto: int) -> None:
+    """Copy every saved cursor of the store at root into the store being
+    made at dest, which holds the records up to LSN upto (whole batches).
+    A cursor saved past upto (its consumer went on while the copy was
+    made) is copied as upto: in the copy it has consumed everything there
+    is, and upto ends a batch, so it stays a valid resume point."""
+    for name in _names(root):
+        saved = _load(root, name)
+        if saved is not None:
+            lsn, saved_ms = saved
+            _store(dest, name, min(lsn, upto), saved_ms)
 
 
 def _check_name(name: object) -> str:
@@ -73,18 +146,8 @@ class Cursors:
     def lsn(self, name: str) -> int:
         """The saved LSN of name (0 when never saved)."""
         self._check()
-        path = os.path.join(_dir(self.root), _check_name(name) + _SUFFIX)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as e:
-            raise errors.CorruptionError(f"{path}: unreadable cursor: {e} (save it again)", path=path) from None
-        lsn = data.get("lsn") if isinstance(data, dict) else None
-        if type(lsn) is not int or lsn < 0 or data.get("name") != name:
-            raise errors.CorruptionError(f"{path}: damaged cursor (save it again)", path=path)
-        return lsn
+        saved = _load(self.root, _check_name(name))
+        return 0 if saved is None else saved[0]
 
     def save(self, name: str, lsn: int) -> None:
         """Make lsn the durable position of name; lsn must end a batch."""
@@ -96,32 +159,12 @@ class Cursors:
                 f"cursor {name!r}: LSN {lsn} is not the end of a batch (save only where Record.batch_end "
                 "is True, so a resume never starts inside a transaction)"
             )
-        d = _dir(self.root)
-        path = os.path.join(d, name + _SUFFIX)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        body = json.dumps({"name": name, "lsn": lsn, "saved_ms": time.time_ns() // 1_000_000}).encode()
-        try:
-            os.makedirs(d, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(body)
-                f.flush()
-                io("layout.fsync")
-                os.fsync(f.fileno())
-            io("layout.rename")
-            os.replace(tmp, path)
-        except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise errors.StorageError(e.errno or 0, f"saving cursor {name!r} at {path}: {e}") from None
-        layout.fsync_dir(d)
+        _store(self.root, name, lsn, time.time_ns() // 1_000_000)
 
     def list(self) -> list[CursorInfo]:
         """Every saved cursor, by name, with its lag."""
-        try:
-            names = sorted(n[: -len(_SUFFIX)] for n in os.listdir(_dir(self.root)) if n.endswith(_SUFFIX))
-        except FileNotFoundError:
+        names = _names(self.root)
+        if not names:
             return []
         last = self._last_lsn()
         segs = self._segments()  # (first_lsn, last_lsn, bytes) of every segment

@@ -62,6 +62,7 @@ NAMES = (
     "tier.after_upload",
     "tier.before_unlink",
     "hydrate.after_fetch",
+    "retention.after_manifest",
     "flush.before_sync",
     "close.before_sync",
     "close.after_sync",

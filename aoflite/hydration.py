@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import secrets
 import threading
@@ -39,8 +40,9 @@ __all__ = ["Hydrator", "facts_mismatch"]
 #: BackpressureError(kind="hydration") rather than queued.
 QUEUE_LIMIT = 256
 
-#: Called after each hydration: (segment id, seconds, error or None).
-OnHydrated = Callable[[int, float, "BaseException | None"], None]
+#: Called after each hydration: (segment id, the tier it came from, seconds,
+#: the error or None).
+OnHydrated = Callable[[int, str, float, "BaseException | None"], None]
 
 
 def facts_mismatch(seg: Segment, rec: SegmentRecord) -> str | None:
@@ -65,6 +67,7 @@ class Hydrator:
         *,
         ledger: bool,
         on_hydrated: OnHydrated | None = None,
+        on_backpressure: Callable[[str, BaseException], None] | None = None,
     ):
         self.path = path
         self._manifest = manifest
@@ -72,6 +75,7 @@ class Hydrator:
         self._backend = with_origins(backend, manifest, config)
         self._ledger = ledger
         self._on_hydrated = on_hydrated
+        self._on_backpressure = on_backpressure
         self._timeout_ms = config.tiers.hydration_timeout_ms
         self._attempts = config.tier2.retry_max_attempts
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -95,19 +99,23 @@ class Hydrator:
             return None
         fut = self.start(segment_id)
         if not wait:
-            raise errors.BackpressureError(
-                "hydration",
+            raise self._refused(
                 f"{self.path}: segment {segment_id} is being fetched back from a lower tier "
-                "(read again later, or read without nonblocking=True to wait for it)",
+                "(read again later, or read without nonblocking=True to wait for it)"
             )
         try:
             return fut.result(timeout=self._timeout_ms / 1000)
         except concurrent.futures.TimeoutError:
-            raise errors.BackpressureError(
-                "hydration",
+            raise self._refused(
                 f"{self.path}: segment {segment_id} did not come back from Tier 2 within "
-                f"hydration_timeout_ms={self._timeout_ms} (the fetch goes on; retry, or raise the timeout)",
+                f"hydration_timeout_ms={self._timeout_ms} (the fetch goes on; retry, or raise the timeout)"
             ) from None
+
+    def _refused(self, message: str) -> errors.BackpressureError:
+        e = errors.BackpressureError("hydration", message)
+        if self._on_backpressure is not None:
+            self._on_backpressure("hydration", e)
+        return e
 
     def start(self, segment_id: int) -> concurrent.futures.Future[Segment | None]:
         """The fetch of segment_id, started if none is under way."""
@@ -117,15 +125,19 @@ class Hydrator:
             fut = self._inflight.get(segment_id)
             if fut is None:
                 if len(self._inflight) >= QUEUE_LIMIT:
-                    raise errors.BackpressureError(
-                        "hydration",
+                    raise self._refused(
                         f"{self.path}: {QUEUE_LIMIT} segments are already waiting to be fetched "
-                        "(retry later, or raise hydration_workers)",
+                        "(retry later, or raise hydration_workers)"
                     )
                 fut = self._pool.submit(self._hydrate, segment_id)
                 self._inflight[segment_id] = fut
-                fut.add_done_callback(lambda _, sid=segment_id: self._finished(sid))
+                fut.add_done_callback(functools.partial(self._finished, segment_id))
             return fut
+
+    def fetch_tier1(self, rec: SegmentRecord, dest: str) -> None:
+        """Download the Tier 2 object of rec (its Tier 1 file) to dest,
+        checked against what the manifest recorded (for backups)."""
+        self._fetch(rec, dest)
 
     def pending(self) -> int:
         """Segments being fetched or waiting for a worker."""
@@ -137,7 +149,7 @@ class Hydrator:
             self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _finished(self, segment_id: int) -> None:
+    def _finished(self, segment_id: int, _: object) -> None:
         with self._lock:
             self._inflight.pop(segment_id, None)
 
@@ -164,7 +176,7 @@ class Hydrator:
         except BaseException as e:
             self._event(segment_id, "HydrationFailed", source=source, reason=type(e).__name__, error=str(e))
             if self._on_hydrated is not None:
-                self._on_hydrated(segment_id, time.monotonic() - started, e)
+                self._on_hydrated(segment_id, source, time.monotonic() - started, e)
             raise
         seconds = time.monotonic() - started
         # no "t0" in the manifest for it: a hydrated file is a cache copy the
@@ -172,7 +184,7 @@ class Hydrator:
         # copy that is not there
         self._event(segment_id, "HydrationDone", source=source, ms=round(seconds * 1000, 3))
         if self._on_hydrated is not None:
-            self._on_hydrated(segment_id, seconds, None)
+            self._on_hydrated(segment_id, source, seconds, None)
         return seg
 
     def _rebuild(self, rec: SegmentRecord, dst: str, t1: str) -> Segment:

@@ -118,10 +118,12 @@ def inspect_path(root: str) -> str:
 def _only_creation_leftovers(root: str) -> bool:
     """True for an empty directory, or one holding only what an interrupted
     creation leaves before the marker: the lock file, the marker's temporary
-    file, and the empty segments/ and manifest/ directories."""
+    file, and the empty segments/ and manifest/ directories. A settings
+    file (aoflite.toml) may be there first: deployments put it in place
+    before the application creates the store."""
     for name in os.listdir(root):
         path = os.path.join(root, name)
-        if name in ("LOCK", MARKER + ".tmp") and os.path.isfile(path):
+        if name in ("LOCK", MARKER + ".tmp", "aoflite.toml") and os.path.isfile(path):
             continue
         if name in ("segments", "manifest") and os.path.isdir(path) and not os.listdir(path):
             continue

@@ -61,6 +61,8 @@ EVENT_TYPES = (
     "HydrationDone",
     "HydrationFailed",
     "LocalEvicted",
+    "SegmentRetired",
+    "CursorOverrun",
     "SnapshotMarker",
     "CustomEvent",
     "TailRecovered",
@@ -104,6 +106,10 @@ class SegmentRecord:
     # the Tier 2 object, as the object store confirmed it
     t2_bytes: int = 0
     t2_checksum: str = ""
+    # the timestamps of its first and last records (find_lsn, retention by
+    # age); the last one is filled in by the pipeline, in the background
+    first_ts_ms: int = 0
+    last_ts_ms: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
@@ -187,6 +193,8 @@ class Manifest:
 
     def __init__(self, path: str, *, create: bool = False):
         self.path = path
+        # told of every failed commit (the metrics' metadata failures)
+        self.on_commit_failed: Callable[[errors.StorageError], None] | None = None
         self.env = _acquire_env(path, create)
         self._closed = False
         # close() waits for transactions under way in other threads: closing
@@ -257,9 +265,12 @@ class Manifest:
                 raise
         except (lmdb.Error, OSError) as e:
             err = getattr(e, "errno", 0) or 0
-            raise errors.StorageError(
+            failure = errors.StorageError(
                 err, f"committing to the manifest at {self.path}: {e} (check free space and the device)"
-            ) from None
+            )
+            if self.on_commit_failed is not None:
+                self.on_commit_failed(failure)
+            raise failure from None
         finally:
             self._leave()
 
@@ -477,15 +488,111 @@ class Manifest:
                 return None
             rec = SegmentRecord.from_json(raw)
             if add or remove or facts:
-                tiers = [t for t in ("t0", "t1", "t2") if (t in rec.tiers or t in add) and t not in remove]
+                tiers: list[str] = [t for t in ("t0", "t1", "t2") if (t in rec.tiers or t in add) and t not in remove]
                 rec = attrs.evolve(rec, tiers=tiers, **(facts or {}))
                 txn.put(_U64.pack(segment_id), rec.to_json(), db=segs)
             self._event(txn, event, segment=segment_id, **fields)
             return rec
 
+    # ------------------------------------------------------- retention
+
+    def retire_segment(
+        self, segment_id: int, *, reason: str, object_name: str | None, overrun: dict[str, int]
+    ) -> SegmentRecord | None:
+        """Remove a sealed segment by retention, in one transaction: its
+        record, its key ranges and LSN entry; each key's retired watermark
+        (reads below it say "retired"); a queued Tier 2 delete when
+        object_name is given; the ledger events, with one CursorOverrun per
+        cursor (name -> its LSN) that had not consumed it."""
+        with self._write() as txn:
+            segs, meta = self._dbs["segments"], self._dbs["meta"]
+            raw = txn.get(_U64.pack(segment_id), db=segs)
+            if raw is None:
+                return None
+            rec = SegmentRecord.from_json(raw)
+            if rec.state != "sealed":
+                raise ValueError(f"segment {segment_id} is {rec.state}: only sealed segments are retired")
+            ranges = self._dbs["key_segments"]
+            cur = txn.cursor(db=ranges)
+            doomed = []
+            for k, v in cur:
+                seg, first, count = _RANGE.unpack(v)
+                if seg == segment_id:
+                    doomed.append((k, _KEYSEG.unpack(k)[0], first + count))
+            for k, key_id, end in doomed:
+                txn.delete(k, db=ranges)
+                mark = f"retired.{key_id}".encode()
+                if end > int(txn.get(mark, db=meta) or b"0"):
+                    txn.put(mark, str(end).encode(), db=meta)
+            if rec.record_count:
+                txn.delete(_U64.pack(rec.last_lsn), db=self._dbs["lsn_segments"])
+            txn.delete(_U64.pack(segment_id), db=segs)
+            if segment_id > int(txn.get(b"retired_through", db=meta) or b"0"):
+                txn.put(b"retired_through", str(segment_id).encode(), db=meta)
+            self._event(
+                txn,
+                "SegmentRetired",
+                segment=segment_id,
+                reason=reason,
+                first_lsn=rec.first_lsn,
+                last_lsn=rec.last_lsn,
+                records=rec.record_count,
+            )
+            for name, lsn in overrun.items():
+                self._event(
+                    txn, "CursorOverrun", cursor=name, cursor_lsn=lsn, lost_from=max(lsn + 1, rec.first_lsn),
+                    lost_to=rec.last_lsn, segment=segment_id,
+                )
+            if object_name is not None:
+                txn.put(f"t2delete.{segment_id}".encode(), object_name.encode(), db=meta)
+                self._event(txn, "Tier2DeleteQueued", segment=segment_id, object=object_name)
+            return rec
+
+    def retired_below(self, key_id: int) -> int:
+        """Offsets of key_id below this were retired (0: none)."""
+        v = self.get_meta(f"retired.{key_id}")
+        return int(v) if v else 0
+
+    def retired_through(self) -> int:
+        """The highest segment id retention removed (0: none)."""
+        v = self.get_meta("retired_through")
+        return int(v) if v else 0
+
+    def queued_deletes(self) -> dict[int, str]:
+        """Tier 2 objects of retired segments still to delete: id -> name."""
+        out = {}
+        with self._read("meta") as txn:
+            cur = txn.cursor()
+            if cur.set_range(b"t2delete."):
+                for k, v in cur:
+                    if not k.startswith(b"t2delete."):
+                        break
+                    out[int(k[len(b"t2delete.") :])] = v.decode()
+        return out
+
+    def tier2_deleted(self, segment_id: int, object_name: str) -> None:
+        """A queued Tier 2 delete is done."""
+        with self._write() as txn:
+            txn.delete(f"t2delete.{segment_id}".encode(), db=self._dbs["meta"])
+            self._event(txn, "Tier2Deleted", segment=segment_id, object=object_name)
+
+    def note_facts(self, segment_id: int, **facts: Any) -> None:
+        """Facts about a sealed segment learnt later (no ledger event: they
+        add knowledge, they do not move anything)."""
+        with self._write() as txn:
+            segs = self._dbs["segments"]
+            raw = txn.get(_U64.pack(segment_id), db=segs)
+            if raw is not None:
+                txn.put(_U64.pack(segment_id), attrs.evolve(SegmentRecord.from_json(raw), **facts).to_json(), db=segs)
+
     def text_setting(self, name: str) -> str | None:
         """A recorded setting whose value is text (the Tier 2 URL)."""
         return self.get_meta(f"setting.{name}")
+
+    def forget_text_setting(self, name: str) -> None:
+        """Drop a recorded text setting (a backup's copy keeps no Tier 2)."""
+        with self._write() as txn:
+            txn.delete(f"setting.{name}".encode(), db=self._dbs["meta"])
 
     def record_text_setting(self, name: str, old: str | None, new: str) -> None:
         """Record a text setting; a change goes into the ledger."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors, layout, recovery
 from .args import U64_END, check_key, check_offset, check_timeout
+from .coldread import LOCAL, ColdReads
 from .config import Config
 from .failpoints import hit
 from .keys import Keys
@@ -80,6 +81,8 @@ class Reads:
         # the tiers' plug-in: brings an evicted segment's file back
         self.hydrator: Hydrator | None = None
         self.on_use: Callable[[int], None] | None = None
+        # point reads of segments only Tier 2 holds, by ranged requests
+        self.cold: ColdReads | None = None
 
     # ------------------------------------------------------ the view
 
@@ -255,6 +258,11 @@ class Reads:
             if got is not None:
                 return _new_record(Record, (key, offset, *got))
         check_offset("offset", offset)
+        if kid is not None and offset < self._manifest.retired_below(kid):
+            raise errors.NotFound(
+                f"{self.path}: key {key!r} offset {offset} was retired by retention (the key's oldest "
+                f"record kept is at offset {self._manifest.retired_below(kid)})"
+            )
         raise errors.NotFound(f"{self.path}: no record at key {key!r} offset {offset}")
 
     def _read(self, kid: int, offset: int, wait: bool = True) -> tuple[int, int, bytes, bool] | None:
@@ -265,8 +273,16 @@ class Reads:
             got = seg.read(kid, offset)
             if got is not None:
                 return got
-        sealed = self._sealed_segment_of(view, kid, offset, wait)
-        return sealed.read(kid, offset) if sealed is not None else None
+        ranges = self._key_ranges(view, kid)
+        i = bisect_left(ranges, offset, key=_first)
+        if i == len(ranges) or offset < ranges[i][2]:
+            return None
+        sid = ranges[i][1]
+        if self.cold is not None and wait and sid not in self._sealed:
+            got = self.cold.read(sid, kid, offset)
+            if got is not LOCAL:
+                return got  # type: ignore[return-value]
+        return self.segment(sid, wait).read(kid, offset)
 
     def scan(
         self, key: str, start: int = 0, stop: int | None = None, *, nonblocking: bool = False
@@ -282,6 +298,7 @@ class Reads:
 
     def _scan(self, key: str, kid: int, off: int, stop: int | None, wait: bool = True) -> Iterator[Record]:
         refreshed = False
+        off = max(off, self._manifest.retired_below(kid))  # retention took what lies below
         while stop is None or off < stop:
             self._life.check()
             seg = self._find(kid, off, wait)
@@ -348,6 +365,29 @@ class Reads:
 
     # ---------------------------------------------------- positions
 
+    def find_lsn(self, time_ms: int) -> int | None:
+        """See Store.find_lsn."""
+        self._life.check()
+        if type(time_ms) is not int:
+            raise TypeError(f"time_ms must be an int (milliseconds since the epoch), not {type(time_ms).__name__}")
+        self.refresh()
+        # the segments' first timestamps narrow it to one segment: the last
+        # one that starts before time_ms (its later records may reach it),
+        # else the first one at or after it
+        starts = [(r.first_ts_ms, r.first_lsn) for r in self._manifest.segments() if r.state == "sealed"]
+        for seg in self.view.live:
+            info = seg.info()
+            if info.record_count and info.first_lsn > max((lsn for _, lsn in starts), default=0):
+                starts.append((recovery.first_timestamp(seg), info.first_lsn))
+        if not starts:
+            return None
+        i = bisect_left([ts for ts, _ in starts], time_ms)
+        lsn = starts[max(i - 1, 0)][1]
+        for rec in self._scan_all(lsn):
+            if rec.timestamp_ms >= time_ms:
+                return rec.lsn
+        return None
+
     def batch_end_at(self, lsn: int) -> bool:
         """Whether the record at lsn ends its batch (ValueError when there
         is no record at lsn)."""
@@ -355,6 +395,10 @@ class Reads:
             if rec.lsn == lsn:
                 return rec.batch_end
             break
+        if self._manifest.retired_through():
+            first = self._manifest.segments()
+            if first and lsn < first[0].first_lsn:
+                return True  # retired: a position before the oldest record kept
         raise ValueError(f"{self.path}: no record has LSN {lsn}")
 
     def segment_spans(self) -> list[tuple[int, int, int]]:
@@ -387,6 +431,8 @@ class Reads:
         live = self.view.live
         sid = self._manifest.segment_for_lsn(lsn)
         seg = self.segment(sid) if sid is not None else (live[0] if live else None)
+        if sid is not None:
+            self._prefetch_after(sid)
         names = self._keys.names
         pos = 0
         settled = retried = False
@@ -423,6 +469,17 @@ class Reads:
         # began, and then it took in the last records
         return self.follower and seg.refresh().reason == "sealed"
 
+    def _prefetch_after(self, segment_id: int) -> None:
+        """A store-wide scan entering segment_id: start fetching the next
+        sealed segment if it was evicted, so its hydration overlaps this
+        segment's scan."""
+        if self.hydrator is None:
+            return
+        nxt = self._manifest.segment_after(segment_id)
+        if nxt is not None and nxt.state == "sealed" and not os.path.exists(layout.segment_path(self.path, nxt.segment_id)):
+            with contextlib.suppress(errors.Error):  # only a head start: the scan fetches it anyway
+                self.hydrator.start(nxt.segment_id)
+
     def _segment_after(self, segment_id: int) -> Segment | None:
         """The segment following segment_id: the manifest's next one, or a
         live segment it does not list yet."""
@@ -431,6 +488,7 @@ class Reads:
         hit("segment_after.view_taken")
         rec = self._manifest.segment_after(segment_id)
         if rec is not None and rec.state == "sealed":
+            self._prefetch_after(rec.segment_id)
             return self.segment(rec.segment_id)
         later = [s for s in live if s.info().segment_id > segment_id]
         return min(later, key=lambda s: s.info().segment_id) if later else None

@@ -52,6 +52,12 @@ def check_identity(seg: Segment, info: SegmentInfo, store_id: int, segment_id: i
         )
 
 
+def first_timestamp(seg: Segment) -> int:
+    """The timestamp of seg's first record (0 when it holds none)."""
+    _, _, _, _, tss, _, _ = seg.scan(0, 0, 1)
+    return int(tss[0]) if tss else 0
+
+
 def commit_seal(
     manifest: Manifest,
     seg: Segment,
@@ -78,6 +84,7 @@ def commit_seal(
         key_count=info.key_count,
         created_ms=info.created_ms,
         sealed_ms=_now_ms(),
+        first_ts_ms=first_timestamp(seg),
     )
     top = max([next_key_id] + [k + 1 for k, _, _ in ranges])
     manifest.record_seal(rec, ranges, names, top, opened=opened)

@@ -24,11 +24,14 @@ from typing import Any
 
 from . import backup as _backup
 from . import errors, layout
+from . import health as _health
+from . import metrics as _metrics
 from .args import BytesLike, check_timeout
 from .config import Config
 from .coordinator import Coordinator, Residency, open_tier2, residency, tiering_enabled
 from .cursors import Cursor, CursorInfo, Cursors
 from .failpoints import hit
+from .coldread import ColdReads
 from .follow import Follower
 from .hydration import Hydrator
 from .keys import Keys
@@ -119,6 +122,60 @@ def open(
     return Store(os.fspath(path), readonly=readonly, config=config, explicit=frozenset(explicit))
 
 
+class _Events:
+    """What the rooms report (flushes, failures, Tier 2 requests,
+    hydrations, backpressure), passed on to the handle's metrics. Holds the
+    handle weakly, so that the rooms holding these callbacks never keep a
+    dropped handle alive (its finalizer must run)."""
+
+    def __init__(self, store: weakref.ref[Store]):
+        self._store = store
+
+    def _metrics(self) -> Any:
+        store = self._store()
+        return None if store is None else store.metrics
+
+    def flushed(self, seconds: float) -> None:
+        if (m := self._metrics()) is not None:
+            m.flush_done(seconds)
+
+    def flush_failed(self, error: BaseException) -> None:
+        if (m := self._metrics()) is not None:
+            m.flush_failed(error=error)
+
+    def metadata_failed(self, error: BaseException) -> None:
+        if (m := self._metrics()) is not None:
+            m.metadata_failed(error=error)
+
+    def tier2_retry(self, op: str, failures: int, error: errors.Tier2Error, delay_ms: float) -> None:
+        if (m := self._metrics()) is None:
+            return
+        if op == "put":
+            m.upload_retry(attempt=failures, error=error)
+        elif op in ("get", "get_range"):
+            m.tier2_fetch_failed(attempt=failures, error=error)
+
+    def upload_failed(self, segment_id: int, error: BaseException) -> None:
+        if (m := self._metrics()) is not None:
+            m.upload_retry(segment=segment_id, error=error)
+
+    def tier2_request(self, op: str, nbytes: int) -> None:
+        if (m := self._metrics()) is not None:
+            m.tier2_request(op, nbytes)
+
+    def hydrated(self, segment_id: int, source: str, seconds: float, error: BaseException | None) -> None:
+        if (m := self._metrics()) is None:
+            return
+        if error is None:
+            m.hydration_done(seconds, segment=segment_id, tier=source)
+        elif source == "t2":
+            m.tier2_fetch_failed(segment=segment_id, error=error)
+
+    def backpressure(self, kind: str, error: BaseException) -> None:
+        if (m := self._metrics()) is not None:
+            m.backpressure(kind, error)
+
+
 class Store:
     """An open aoflite store. Thread-safe. Use ``aoflite.open`` to get one."""
 
@@ -159,12 +216,26 @@ class Store:
             config = self.config = self._settle_settings(config, explicit, readonly)
             keys = Keys(self._manifest, lambda: reads.live())
             reads = self._reads = Reads(self.path, store_id, self._manifest, keys, config, self._life)
-            backend = open_tier2(config)
-            self._hydrator = reads.hydrator = Hydrator(self.path, self._manifest, backend, config, ledger=not readonly)
+            events = self._events = _Events(weakref.ref(self))
+            self._manifest.on_commit_failed = events.metadata_failed
+            backend = open_tier2(config, on_retry=events.tier2_retry, on_request=events.tier2_request)
+            self._hydrator = reads.hydrator = Hydrator(
+                self.path,
+                self._manifest,
+                backend,
+                config,
+                ledger=not readonly,
+                on_hydrated=events.hydrated,
+                on_backpressure=events.backpressure,
+            )
+            if backend is not None:
+                reads.cold = ColdReads(self.path, self._manifest, backend)
             if readonly:
                 self._follower = Follower(self.path, store_id, self._manifest, reads)
             else:
                 self._writes = Writes(self.path, store_id, self._manifest, keys, reads, config, self._life)
+                self._writes.on_flushed = events.flushed
+                self._writes.on_flush_failed = events.flush_failed
                 self._writes.start_flusher()
                 self.append = self._writes.append  # type: ignore[method-assign]
                 if tiering_enabled(config):
@@ -224,6 +295,8 @@ class Store:
             c.on_uploaded, c.on_stopped, c.snapshot_due = steward.uploaded, steward.stopped, steward.due
         w.admit = c.admit
         w.on_seal = c.notify
+        c.on_backpressure = self._events.backpressure
+        c.on_upload_failed = self._events.upload_failed
         self._reads.on_use = c.used
         c.start()
 
@@ -313,9 +386,18 @@ class Store:
         return self._reads.prefetch(key, start, stop)
 
     def last(self, key: str) -> Record | None:
-        """The key's newest record, or None when it has none."""
+        """The key's newest record, or None when it has none (or retention
+        retired all of them)."""
         n = self.count(key)
-        return self.read(key, n - 1) if n else None
+        if not n:
+            return None
+        try:
+            return self.read(key, n - 1)
+        except errors.NotFound:
+            known = self._manifest.lookup_key(key)
+            if known is not None and n <= self._manifest.retired_below(known[0]):
+                return None  # every record of the key was retired
+            raise
 
     def count(self, key: str) -> int:
         """Records ever appended to key: its next offset."""
@@ -350,7 +432,19 @@ class Store:
                 raise ValueError("give start_lsn or cursor, not both")
             self._life.check()
             start_lsn = self._cursors.lsn(cursor) + 1
+            self._check_overrun(cursor, start_lsn)
         return self._reads.tail_all(start_lsn, timeout)
+
+    def _check_overrun(self, cursor: str, start_lsn: int) -> None:
+        """A cursor whose next records retention removed (a hard byte
+        budget forced it) must not resume as if nothing happened."""
+        for event in self._manifest.ledger():
+            if event["type"] == "CursorOverrun" and event["cursor"] == cursor and event["lost_to"] >= start_lsn:
+                raise errors.NotFound(
+                    f"{self.path}: cursor {cursor!r} resumes at LSN {start_lsn}, but retention removed LSNs "
+                    f"{event['lost_from']}..{event['lost_to']} before it consumed them (a byte budget forced "
+                    f"it); save the cursor at {event['lost_to']} to go on from the oldest record kept"
+                )
 
     def atail(self, key: str, start: int = 0, timeout: float | None = None) -> AsyncIterator[Record]:
         """tail() as an async iterator: the waiting happens in a worker
@@ -390,7 +484,8 @@ class Store:
         which can catch the manifest and a segment mid-write."""
         self._life.check()
         feed = self._writes.feed if self._writes is not None else self._follower.feed if self._follower else None
-        return _backup.backup(self.path, self._manifest, feed, os.fspath(dest_path))
+        fetch = self._hydrator.fetch_tier1 if self._hydrator is not None else None
+        return _backup.backup(self.path, self._manifest, feed, os.fspath(dest_path), fetch)
 
     # ------------------------------------------------------------ tiers
 
@@ -399,6 +494,13 @@ class Store:
         ``(segment_id, tiers)`` with tiers mapping "t0", "t1", "t2" to bytes."""
         self._life.check()
         return residency(self.path, self._manifest)
+
+    def find_lsn(self, time_ms: int) -> int | None:
+        """The LSN of the first record whose timestamp is at or after
+        time_ms (None: none is). Narrowed by the manifest's per-segment
+        times, then one segment is scanned. Exact when timestamps grow with
+        LSN, as the default ones (the append time) do."""
+        return self._reads.find_lsn(time_ms)
 
     def drain_tiers(self, timeout: float | None = None) -> None:
         """Wait until the tier pipeline has nothing pending: every sealed
@@ -416,7 +518,7 @@ class Store:
         """A snapshot of the handle's state, for operators and tests."""
         self._life.check()
         live = self._reads.live()
-        out = {
+        out: dict[str, Any] = {
             "path": self.path,
             "readonly": self.readonly,
             "durability": self.config.durability.mode,
@@ -435,10 +537,14 @@ class Store:
             out.update(self._writes.stats())
         if self._coordinator is not None:
             out.update(self._coordinator.stats())
-        else:
-            res = residency(self.path, self._manifest)
-            out["tier_bytes"] = {t: sum(r.tiers.get(t, 0) for r in res) for t in ("t0", "t1", "t2")}
-            out["tier_segments"] = {t: sum(1 for r in res if t in r.tiers) for t in ("t0", "t1", "t2")}
+        # what each tier holds: the sealed segments where they live now, and
+        # the active segment (always in Tier 0, outside the budgets)
+        res = residency(self.path, self._manifest)
+        out["tier_bytes"] = {t: sum(r.tiers.get(t, 0) for r in res) for t in ("t0", "t1", "t2")}
+        out["tier_segments"] = {t: sum(1 for r in res if t in r.tiers) for t in ("t0", "t1", "t2")}
+        for seg in live:
+            out["tier_bytes"]["t0"] += seg.info().records_end  # written, not preallocated
+            out["tier_segments"]["t0"] += 1
         out.setdefault("queues", {})["hydration"] = self._hydrator.pending() if self._hydrator else 0
         return out
 
@@ -516,3 +622,46 @@ class Store:
     def __repr__(self) -> str:
         state = "closed" if self._life.closed else ("read-only" if self.readonly else "writable")
         return f"<aoflite.Store {self.path!r} {state}>"
+
+    # ------------------------------------------------------- operations
+    # Metrics and health: aoflite.metrics and aoflite.health do the work.
+
+    @property
+    def metrics(self) -> _metrics.StoreMetrics:
+        """This handle's metrics. ``register(registry)`` exports them in an
+        application's prometheus_client registry (or a new one of their
+        own); the store and the tier pipeline report failures and latencies
+        through its event methods (see aoflite.metrics)."""
+        found: _metrics.StoreMetrics | None = self.__dict__.get("_metrics")
+        if found is None:
+            found = self.__dict__.setdefault("_metrics", _metrics.StoreMetrics(self.path, self._ops_stats))
+        return found
+
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> _metrics.Server:
+        """Serve this handle's metrics at http://addr:port/metrics from a
+        daemon thread (port 0: any free port, then see ``.port``); ``close()``
+        the returned server to stop."""
+        return _metrics.serve(self.metrics, port, addr)
+
+    def health(self) -> _health.HealthReport:
+        """The [health] thresholds applied to this handle: each check says
+        whether it alerts, the tier it concerns and the mitigation."""
+        from . import admin
+
+        try:
+            stats: dict[str, Any] | None = self._ops_stats()
+            problems = admin.manifest_check(self)
+            stopped = None
+        except errors.Error as e:
+            stats, problems, stopped = None, [], str(e)
+        return _health.evaluate(
+            self.path, stats, self.metrics, self.config.health, writer=not self.readonly, stopped=stopped,
+            manifest_problems=problems,
+        )
+
+    def _ops_stats(self) -> dict[str, Any]:
+        """stats() and what the metrics and health read besides."""
+        out = self.stats()
+        out.setdefault("last_lsn", self._reads.last_lsn())
+        out.setdefault("manifest_version", self._manifest.ledger_seq())
+        return out

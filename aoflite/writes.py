@@ -83,6 +83,9 @@ class Writes:
         # and hear of each seal
         self.admit: Callable[[], None] | None = None
         self.on_seal: Callable[[], None] | None = None
+        # the metrics: each background sync's seconds, and a sync failing
+        self.on_flushed: Callable[[float], None] | None = None
+        self.on_flush_failed: Callable[[BaseException], None] | None = None
 
     def start_flusher(self) -> None:
         """Background syncs for durability="normal" (holding this object
@@ -131,6 +134,8 @@ class Writes:
         caller goes on as if nothing happened."""
         broken = self.writer.broken_error()
         if broken is not None:
+            if not self._life.refused and self.on_flush_failed is not None:
+                self.on_flush_failed(e)
             self._life.refuse(lambda: errors.StorageError(broken.errno, f"{self.path}: {broken.strerror}"))
 
     def _fail(self, rc: int, what: str) -> None:
@@ -446,8 +451,13 @@ def _flush_loop(w: Writer, interval_ms: int, writes_ref: weakref.ref[Writes]) ->
             return
         if rc == 0:
             hit("flush.before_sync")
+            started = time.perf_counter()
             try:
                 w.sync()
+                writes = writes_ref()
+                if writes is not None and writes.on_flushed is not None:
+                    writes.on_flushed(time.perf_counter() - started)
+                del writes  # hold the handle only weakly between flushes
             except errors.Error as e:
                 writes = writes_ref()
                 if writes is not None:

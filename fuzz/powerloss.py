@@ -25,7 +25,7 @@ directory:
   of its directory made durable may vanish;
 - the LMDB manifest is taken as of its last commit (LMDB syncs each one).
 
-The image is then opened and checked with fuzz.checks.check_recovered
+The image is then opened and checked with testhelpers.check_recovered
 (``crash_and_check``). Bytes nothing acknowledged may come back as anything,
 so a cut taken while the store is open and writing is a valid crash.
 """
@@ -44,9 +44,9 @@ from typing import Protocol, TypeVar
 
 from aoflite import layout
 from aoflite import segment as _segment
+from testhelpers import InvariantError, check_recovered
 
 from . import stats
-from .checks import InvariantError, check_recovered
 
 __all__ = [
     "ACTIONS",
@@ -452,7 +452,7 @@ def crash_and_check(
     **open_kwargs,
 ) -> dict[str, int]:
     """Build a crash image of root in dest, recover it and check every
-    invariant (fuzz.checks.check_recovered); returns the survivors."""
+    invariant (testhelpers.check_recovered); returns the survivors."""
     build_image(root, log_path, dest, chooser, manifest_env, snapshots)
     stats.add("crash schedules")
     stats.add("acknowledged records checked", sum(acked.values()))

@@ -14,9 +14,10 @@ import pytest
 
 from aoflite import failpoints, layout
 from aoflite.segment import Segment
-from fuzz import stats
-from fuzz.checks import check_recovered
-from fuzz.workload import MIX, Ledger, Spec, spawn
+from testhelpers import check_recovered
+
+from . import stats
+from .workload import MIX, Ledger, Spec, spawn
 
 SEED = 77
 # values averaging ~30 KiB: 1 MiB segments roll every few dozen appends

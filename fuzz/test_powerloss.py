@@ -29,8 +29,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import aoflite
 from aoflite import layout
+from testhelpers import InvariantError, check_recovered
 
-from .checks import InvariantError, check_recovered
 from .powerloss import (
     ACTIONS,
     PlanChooser,

@@ -21,7 +21,7 @@ consumes scan_all() and tail(). The test fails if:
 - close(), called from another thread than open() while readers run, lets
   anything but an aoflite error reach them, or a call after it succeeds;
 - after reopening, an acknowledged record is missing or differs, or the
-  store breaks any invariant of ``fuzz.checks.check_recovered``;
+  store breaks any invariant of ``testhelpers.check_recovered``;
 - a thread or process does not finish in time: the test then fails with
   the stacks of every thread of both processes instead of hanging.
 
@@ -44,9 +44,9 @@ from collections.abc import Sequence
 import pytest
 
 import aoflite
+from testhelpers import check_recovered
 
 from . import stats
-from .checks import check_recovered
 from .stress import ALL_KEYS, CATCH_UP, SEGMENT, TAIL_KEY, Feed, follower, hammer, value
 
 PROFILE = os.environ.get("AOFLITE_FUZZ_PROFILE", "ci")

@@ -43,9 +43,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import aoflite
+from testhelpers import InvariantError, check_recovered
 
 from . import stats
-from .checks import InvariantError, check_recovered
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROLLED_BACK = b"ROLLED BACK "

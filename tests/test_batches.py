@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import aoflite
-from fuzz.checks import check_recovered
+from testhelpers import check_recovered
 
 
 def _values(n: int, size: int, tag: int) -> list[bytes]:

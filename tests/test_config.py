@@ -26,7 +26,7 @@ INT_SETTINGS = {
     "poll_interval_ms": (1, 60_000),
     "lock_timeout_ms": (0, 3_600_000),
     "tier1_level": (-7, 22),
-    "tier1_frame_bytes": (64 << 10, 64 * MiB),
+    "tier1_frame_bytes": (256 << 10, 1 * MiB),
     "tier2_retry_max_attempts": (1, 1000),
     "tier2_retry_base_delay_ms": (0, 3_600_000),
     "tier2_retry_max_delay_ms": (0, 3_600_000),
@@ -34,6 +34,14 @@ INT_SETTINGS = {
     "hydration_timeout_ms": (0, 3_600_000),
     "hydration_workers": (1, 64),
     "snapshot_every_seals": (1, 1_000_000),
+    "health_activation_queue_s": (1, 86_400),
+    "health_hydration_p99_ms": (1, 3_600_000),
+    "health_hydration_window_s": (1, 86_400),
+    "health_upload_retries_per_min": (0, 1_000_000),
+    "health_flush_failures": (0, 1_000_000),
+    "health_metadata_failures": (0, 1_000_000),
+    "health_tier2_fetch_failures": (0, 1_000_000),
+    "health_tier2_fetch_window_s": (1, 86_400),
 }
 
 #: Integer settings that may also be None (no bound, or off).
@@ -68,8 +76,9 @@ SECTIONS = {
     "tier2": aoflite.config.Tier2Config,
     "tiers": aoflite.config.TiersConfig,
     "retention": aoflite.config.RetentionConfig,
+    "health": aoflite.config.HealthConfig,
 }
-PREFIXED = ("tier0", "tier1", "tier2", "retention")
+PREFIXED = ("tier0", "tier1", "tier2", "retention", "health")
 
 
 def _section_of(flat_name):
@@ -257,3 +266,84 @@ def test_toml_error_names_the_file(tmp_path):
     _assert_config_error(lambda: Config.from_toml(str(path)), str(path))
     with pytest.raises(OSError):
         Config.from_toml(str(tmp_path / "missing.toml"))
+
+
+# ------------------------------------------------- load_config: file and environment
+
+
+def test_load_config_finds_the_store_file(tmp_path):
+    from aoflite.config import find_config_file, load_config
+
+    (tmp_path / "aoflite.toml").write_text("[health]\nhydration_p99_ms = 750\n")
+    assert find_config_file(str(tmp_path), env={}) == str(tmp_path / "aoflite.toml")
+    assert load_config(str(tmp_path), env={}).health.hydration_p99_ms == 750
+    other = tmp_path / "other.toml"
+    other.write_text("[tier1]\nlevel = 5\n")
+    assert load_config(str(tmp_path), env={"AOFLITE_CONFIG": str(other)}).tier1.level == 5
+    named = tmp_path / "named.toml"
+    named.write_text("[tier1]\nlevel = 6\n")
+    assert load_config(str(tmp_path), str(named), env={"AOFLITE_CONFIG": str(other)}).tier1.level == 6
+    assert load_config(str(tmp_path / "nowhere"), env={}) == Config()
+
+
+def test_load_config_environment_overrides_tier2(tmp_path):
+    from aoflite.config import load_config, masked
+
+    (tmp_path / "aoflite.toml").write_text('[tier2]\nurl = "s3://b/p"\nendpoint = "http://file"\n')
+    env = {
+        "AOFLITE_TIER2_ENDPOINT": "https://env:9000",
+        "AOFLITE_TIER2_ACCESS_KEY": "AKIDENV",
+        "AOFLITE_TIER2_SECRET_KEY": "secret-env",
+        "AOFLITE_TIER2_CA_BUNDLE": "/etc/ca.pem",
+    }
+    c = load_config(str(tmp_path), env=env)
+    assert (c.tier2.url, c.tier2.endpoint, c.tier2.ca_bundle) == ("s3://b/p", "https://env:9000", "/etc/ca.pem")
+    assert (c.tier2.access_key, c.tier2.secret_key) == ("AKIDENV", "secret-env")
+    assert "secret-env" not in repr(c) and "AKIDENV" not in repr(c)
+    shown = masked(c)["tier2"]
+    assert shown["secret_key"] == shown["access_key"] == "***" and shown["ca_bundle"] == "/etc/ca.pem"
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[tier2]\nnope = 1\n", ["'nope'", "[tier2]"]),
+        ("[health]\nhydration_p99_ms = 0\n", ["hydration_p99_ms=0", "out of range", "[health]"]),
+        ("[healthz]\n", ["[healthz]"]),
+        ("[tier2]\nsecret_key = 42\n", ["secret_key", "value not shown"]),
+        ("not toml", ["not valid TOML"]),
+    ],
+)
+def test_load_config_refuses_naming_file_key_and_reason(tmp_path, text, words):
+    from aoflite.config import load_config
+
+    path = tmp_path / "aoflite.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(tmp_path), env={})
+    assert str(e.value).startswith(f"{path}: ") and str(e.value).count(str(path)) == 1
+    for word in words:
+        assert word in str(e.value)
+    assert "42" not in str(e.value)
+
+
+def test_load_config_missing_named_file(tmp_path):
+    from aoflite.config import load_config
+
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(None, str(tmp_path / "missing.toml"), env={})
+
+
+def test_a_directory_holding_only_its_settings_file_becomes_a_store(tmp_path):
+    """Configuration management may put aoflite.toml in place before the
+    application first creates the store there."""
+    (tmp_path / "aoflite.toml").write_text("[health]\nflush_failures = 1\n")
+    with aoflite.open(tmp_path, config=aoflite.load_config(str(tmp_path), env={})) as db:
+        db.append("k", b"v")
+        assert db.config.health.flush_failures == 1
+    assert (tmp_path / "aoflite.toml").read_text() == "[health]\nflush_failures = 1\n"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(aoflite.FormatError):
+        aoflite.open(other)  # any other file still means: not a store

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import aoflite
 from aoflite import layout
+from testhelpers import in_thread
 
 MiB = 1 << 20
 BIG = 64 * 1024  # big enough that a few dozen values roll a 1 MiB segment
@@ -45,28 +46,6 @@ def _flip_byte(path, needle):
         assert at >= 0 and data.find(needle, at + 1) < 0, "needle must occur exactly once"
         f.seek(at + len(needle) // 2)
         f.write(bytes([data[at + len(needle) // 2] ^ 0xFF]))
-
-
-def _run(target, *args):
-    """Start target in a daemon thread; returns a join that re-raises its exception."""
-    failure = []
-
-    def body():
-        try:
-            target(*args)
-        except BaseException as e:  # handed to the test thread
-            failure.append(e)
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-
-    def join(timeout=10):
-        t.join(timeout)
-        assert not t.is_alive(), "thread did not finish"
-        if failure:
-            raise failure[0]
-
-    return join
 
 
 # ---------------------------------------------------------------- a shared store
@@ -456,7 +435,7 @@ def test_tail_follows_records_appended_later(db):
             if len(got) == 4:
                 return
 
-    join = _run(follow)
+    join = in_thread(follow)
     assert seen_first.wait(10)
     db.append("other", b"x")  # another key's records are not the tail's
     db.append("k", b"1")
@@ -475,7 +454,7 @@ def test_tail_picks_up_a_key_defined_later(db):
             got.append(rec)
             return
 
-    join = _run(follow)
+    join = in_thread(follow)
     assert started.wait(10)
     db.append("late", b"v")
     join()

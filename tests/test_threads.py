@@ -9,32 +9,9 @@ import threading
 import pytest
 
 import aoflite
+from testhelpers import in_thread
 
 MiB = 1 << 20
-
-
-def _start(target, *args):
-    """Run target(*args) in a daemon thread; returns a join() that waits,
-    re-raises the thread's failure and returns its result."""
-    out: dict = {}
-
-    def body():
-        try:
-            out["result"] = target(*args)
-        except BaseException as e:  # handed to the test thread
-            out["error"] = e
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-
-    def join():
-        t.join(60)
-        assert not t.is_alive(), "a thread did not finish"
-        if "error" in out:
-            raise out["error"]
-        return out["result"]
-
-    return join
 
 
 def _run_threads(n, target):
@@ -46,7 +23,7 @@ def _run_threads(n, target):
         start.wait(10)
         return target(i)
 
-    return [join() for join in [_start(body, i) for i in range(n)]]
+    return [join() for join in [in_thread(body, i) for i in range(n)]]
 
 
 def _value(thread, i, size=0):
@@ -120,7 +97,7 @@ def test_transaction_holds_other_threads_appends(db, outcome):
         other_done.set()
         return off
 
-    join = _start(other, 0)
+    join = in_thread(other, 0)
     with pytest.raises(KeyError) if outcome == "rollback" else contextlib.nullcontext():
         with db.transaction():
             db.append("k", b"tx-1")
@@ -172,8 +149,8 @@ def test_readers_race_writers_and_rolls(store_path):
                 assert all(a < b for a, b in zip(lsns, lsns[1:]))
             return rounds
 
-        writers = [_start(write, w) for w in range(n_writers)]
-        readers = [_start(read, handle) for handle in (db, ro)]
+        writers = [in_thread(write, w) for w in range(n_writers)]
+        readers = [in_thread(read, handle) for handle in (db, ro)]
         for join in writers:
             join()
         done.set()
@@ -201,7 +178,7 @@ def test_reads_racing_seals(db):
             reads += 1
         return reads
 
-    join = _start(read)
+    join = in_thread(read)
     try:
         for i in range(1, 200):
             db.append("k", b"%d" % i)

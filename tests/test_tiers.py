@@ -28,6 +28,21 @@ def value(key: str, offset: int) -> bytes:
     return hashlib.shake_128(f"{key}/{offset}".encode()).digest(300 + offset % 200)
 
 
+def fill_until_refused(db, limit: int) -> tuple[dict[str, int], aoflite.BackpressureError | None]:
+    """Append (as fill does) until an append is refused for backpressure,
+    at most limit records; returns the counts appended and the refusal."""
+    counts: dict[str, int] = {}
+    for i in range(limit):
+        k = f"k{i % 5}"
+        off = counts.get(k, 0)
+        try:
+            db.append(k, value(k, off))
+        except aoflite.BackpressureError as e:
+            return counts, e
+        counts[k] = off + 1
+    return counts, None
+
+
 def fill(db, n: int, counts: dict[str, int] | None = None) -> dict[str, int]:
     """Append n records over five keys, after counts (each key's records
     so far); returns the new counts."""
@@ -89,7 +104,7 @@ def test_pipeline_moves_every_sealed_segment_down_and_reads_back(tmp_path, tier2
             assert order.index("UploadDone") < order.index("LocalEvictedt1"), order
             assert "LocalEvictedt0" in order, order
         stats = db.stats()
-        assert stats["tier_segments"] == {"t0": 0, "t1": 0, "t2": len(res)}
+        assert stats["tier_segments"] == {"t0": 1, "t1": 0, "t2": len(res)}  # t0: the active segment
         assert stats["tier2_lag"]["records"] == 0
         check_all(db, counts)
         assert db.verify() == len(res)
@@ -129,19 +144,9 @@ def test_outage_backpressure_then_catch_up(tmp_path):
     everything acknowledged stays readable; once Tier 2 is back, the
     backlog uploads by itself and appends resume."""
     bucket = tmp_path / "nas"  # not mounted yet
-    db = tiered(tmp_path / "s", bucket, admission_timeout_ms=200, **FAST)
+    db = tiered(tmp_path / "s", bucket, admission_timeout_ms=2_000, **FAST)
     try:
-        counts: dict[str, int] = {}
-        refused = None
-        for i in range(200_000):  # bounded: the budgets of 0 fill within a few segments
-            k = f"k{i % 5}"
-            off = counts.get(k, 0)
-            try:
-                db.append(k, value(k, off))
-            except aoflite.BackpressureError as e:
-                refused = e
-                break
-            counts[k] = off + 1
+        counts, refused = fill_until_refused(db, 200_000)  # bounded: budgets of 0 fill in a few segments
         assert refused is not None and refused.kind == "admission"
         assert "tier0_max_bytes" in str(refused) or "tier1_max_bytes" in str(refused)
         assert "safe" in str(refused)
@@ -188,7 +193,7 @@ def test_nonblocking_read_raises_then_the_fetch_completes(tmp_path, tier2):
 
 
 def test_concurrent_readers_share_one_fetch(tmp_path, tier2):
-    """Eight threads reading one evicted segment at once cause one fetch."""
+    """Eight threads scanning one evicted segment at once cause one fetch."""
     with tiered(tmp_path / "s", tier2) as db:
         fill(db, 6_000)
         db.drain_tiers(timeout=60)
@@ -198,7 +203,7 @@ def test_concurrent_readers_share_one_fetch(tmp_path, tier2):
 
         def reader():
             barrier.wait()
-            got.append(db.read("k0", 0).value)
+            got.append(next(db.scan("k0")).value)  # a scan hydrates the whole segment
 
         threads = [threading.Thread(target=reader) for _ in range(8)]
         for t in threads:
@@ -276,9 +281,10 @@ def test_damaged_tier2_object_never_returns_wrong_bytes(tmp_path, tier2):
         data = bytearray(obj.read_bytes())
         data[len(data) // 2] ^= 0xFF
         obj.write_bytes(bytes(data))
-        with pytest.raises(aoflite.Error) as info:
-            db.read("k0", 0)
-        assert "segment" in str(info.value) or segment_object_name(sid) in str(info.value)
+        for reading in (lambda: db.read("k0", 0), lambda: list(db.scan("k0", 0, 10))):  # ranged, then whole
+            with pytest.raises(aoflite.Error) as info:
+                reading()
+            assert "segment" in str(info.value) or segment_object_name(sid) in str(info.value)
         assert events(db, "HydrationFailed", sid)
         last = counts["k0"] - 1
         assert db.read("k0", last).value == value("k0", last)  # the active segment
@@ -387,3 +393,188 @@ def test_pipeline_against_s3(s3_server, tmp_path):
         names = {o.object_name for o in s3_server.client().list_objects(s3_server.bucket, prefix=prefix + "/", recursive=True)}
         assert {f"{prefix}/{segment_object_name(r.segment_id)}" for r in res} <= names
         check_all(db, counts)
+
+
+def test_backup_of_a_tiered_store_is_self_contained(tmp_path, tier2):
+    """backup() of a store whose sealed segments live only in Tier 2 takes
+    them into the copy's Tier 1: the copy reads everything with no Tier 2,
+    keeps no Tier 2 URL, and verifies."""
+    with tiered(tmp_path / "s", tier2) as db:
+        counts = fill(db, 8_000)
+        db.drain_tiers(timeout=60)
+        assert all(set(r.tiers) == {"t2"} for r in db.residency())
+        upto = db.backup(str(tmp_path / "copy"))
+    with aoflite.open(str(tmp_path / "copy")) as copy:
+        assert copy.config.tier2.url is None
+        assert all(set(r.tiers) == {"t1"} for r in copy.residency())
+        check_all(copy, counts)
+        assert max(r.lsn for r in copy.scan_all()) == upto
+        assert copy.verify() == len(copy.residency())
+
+
+class CountingBackend:
+    """Wraps a backend, counting requests and bytes by kind."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.url = inner.url
+        self.calls: dict[str, int] = {}
+        self.bytes = 0
+
+    def __getattr__(self, name):
+        fn = getattr(self.inner, name)
+
+        def counted(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            out = fn(*args, **kwargs)
+            if name == "get_range":
+                self.bytes += len(out)
+            elif name == "get":
+                self.bytes += out.size
+            return out
+
+        return counted
+
+
+def test_cold_point_read_fetches_frames_not_the_segment(tmp_path, tier2):
+    """A point read of a segment only Tier 2 holds uses a few ranged
+    requests of single frames and no whole-object download; the record is
+    byte-identical, and a damaged object raises CorruptionError."""
+    from aoflite.coldread import ColdReads
+
+    with tiered(tmp_path / "s", tier2, tier1_frame_bytes=256 << 10) as db:
+        counts = fill(db, 12_000)
+        db.drain_tiers(timeout=60)
+        counting = CountingBackend(aoflite.coordinator.open_tier2(db.config))
+        db._reads.cold = ColdReads(db.path, db.manifest, counting)
+        sid = db.residency()[1].segment_id
+        for k in counts:
+            rec = db.read(k, counts[k] // 3)
+            assert rec.value == value(k, counts[k] // 3)
+        assert "get" not in counting.calls, "a point read downloaded a whole object"
+        seg_bytes = sum(r.tiers["t2"] for r in db.residency())
+        assert counting.bytes < seg_bytes / 5
+        assert not events(db, "HydrationStarted")
+        # every record of one segment, found from the manifest (no hydration)
+        inside = []
+        for k in counts:
+            kid = db.manifest.lookup_key(k)[0]
+            for last, seg, first_off, n in db.manifest.key_ranges(kid):
+                if seg == sid:
+                    inside += [(k, o) for o in range(first_off, first_off + n)]
+        db._reads.cold = ColdReads(db.path, db.manifest, counting)  # cold caches again
+        before = counting.calls.get("get_range", 0)
+        k, o = inside[len(inside) // 2]
+        assert db.read(k, o).value == value(k, o)
+        assert counting.calls["get_range"] - before <= 5, "seek table, footer, index, record"
+        # damaged: flip a byte inside a frame of that segment's object
+        obj = tier2 / segment_object_name(sid)
+        data = bytearray(obj.read_bytes())
+        data[len(data) // 3] ^= 0x55
+        obj.write_bytes(bytes(data))
+        db._reads.cold = ColdReads(db.path, db.manifest, counting)
+        wrong = 0
+        for k, o in inside[::7]:
+            try:
+                assert db.read(k, o).value == value(k, o)
+            except aoflite.CorruptionError as e:
+                assert segment_object_name(sid) in str(e)
+                wrong += 1
+        assert not os.path.exists(layout.segment_path(db.path, sid)), "the reads hydrated the segment"
+        assert wrong, "no read touched the damaged frame"
+
+
+def test_pipeline_events_reach_the_metrics(tmp_path):
+    """Retries, backpressure, hydrations and Tier 2 requests are counted in
+    the handle's metrics (and so reach health and the alert rules)."""
+    bucket = tmp_path / "later"
+    with tiered(tmp_path / "s", bucket, admission_timeout_ms=100, **{**FAST, "tier2_retry_max_attempts": 2}) as db:
+        with pytest.raises(aoflite.BackpressureError):
+            fill(db, 50_000)
+        m = db.metrics
+        deadline = time.monotonic() + 30
+        while m.count("upload_retries") < 1:  # the pipeline tries the upload again and again
+            assert time.monotonic() < deadline, "no upload failure was counted"
+            time.sleep(0.01)
+        bucket.mkdir()
+        db.drain_tiers(timeout=60)
+        list(db.scan("k0"))  # hydrates
+        text = m.exposition().decode()
+        assert 'aoflite_backpressure_events_total{kind="admission"' in text
+        assert "aoflite_hydration_latency_seconds_count" in text
+        assert 'aoflite_tier2_requests_total{op="put"' in text
+
+
+def s3_settings(s3_server, endpoint: str, prefix: str) -> dict:
+    return {
+        "tier2_url": f"s3://{s3_server.bucket}/{prefix}",
+        "tier2_endpoint": endpoint,
+        "tier2_access_key": s3_server.access_key,
+        "tier2_secret_key": s3_server.secret_key,
+    }
+
+
+def test_s3_outage_through_a_faulty_network_then_catch_up(s3_server, tmp_path):
+    """Through a proxy that answers 503 and resets connections: appends go
+    on, then admission backpressure at the budget; once the faults stop, the
+    backlog uploads by itself and every record reads back, through the
+    same proxy that now also truncates one download (refetched)."""
+    import urllib.parse
+
+    from faultproxy import FaultProxy
+
+    parts = urllib.parse.urlsplit(s3_server.endpoint)
+    if parts.scheme != "http":
+        pytest.skip("the fault proxy speaks plain HTTP only")
+    with FaultProxy((parts.hostname, parts.port), io_timeout=5.0) as proxy:
+        opts = {
+            **s3_settings(s3_server, proxy.endpoint, f"outage-{time.monotonic_ns()}"),
+            "segment_bytes": SEG, "tier0_max_bytes": 0, "tier1_max_bytes": 2 * SEG,
+            "admission_timeout_ms": 300, **FAST, "tier2_retry_max_attempts": 3,  # the truncated GET is retried
+        }
+        with aoflite.open(str(tmp_path / "s"), **opts) as db:
+            proxy.inject("error", times=10_000, method="PUT")  # the store answers 503 to every upload
+            proxy.inject("reset", times=10_000, method="HEAD")
+            counts, refused = fill_until_refused(db, 100_000)  # bounded: the budget fills in a few segments
+            assert refused is not None and refused.kind == "admission" and "tier1_max_bytes" in str(refused)
+            check_all(db, counts)
+            reasons = {e["reason"] for e in events(db, "UploadFailed")}
+            assert reasons & {"throttled", "unavailable", "network"}, reasons
+            proxy.clear()  # the network heals
+            db.drain_tiers(timeout=120)
+            counts = fill(db, 2_000, counts)
+            db.drain_tiers(timeout=120)
+            proxy.inject("truncate", times=1, method="GET")
+            for r in db.residency():
+                assert "t2" in r.tiers
+            check_all(db, counts)
+
+
+def test_bucket_that_disappears(s3_server, tmp_path):
+    """The bucket is deleted under a running store: uploads fail with the
+    fatal reason no_bucket (not retried), drain_tiers raises it, appends go
+    on until the local budget is full, and nothing appended is lost."""
+    from minio import Minio
+
+    bucket = f"vanishing-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    client = s3_server.client()
+    client.make_bucket(bucket)
+    opts = {
+        **s3_settings(s3_server, s3_server.endpoint, "app"), "tier2_url": f"s3://{bucket}/app",
+        "segment_bytes": SEG, "tier0_max_bytes": 0, "tier1_max_bytes": 4 * SEG, "admission_timeout_ms": 300,
+        **FAST,
+    }
+    with aoflite.open(str(tmp_path / "s"), **opts) as db:
+        counts = fill(db, 3_000)
+        db.drain_tiers(timeout=60)
+        for obj in client.list_objects(bucket, recursive=True):
+            client.remove_object(bucket, obj.object_name)
+        client.remove_bucket(bucket)
+        counts = fill(db, 5_000, counts)
+        with pytest.raises(aoflite.Tier2Error) as info:
+            db.drain_tiers(timeout=60)
+        assert info.value.reason == "no_bucket" and not info.value.retryable
+        assert isinstance(client, Minio)
+        for k, n in counts.items():  # what is local reads back; what was only in the bucket is reported
+            for off in range(n - 1, max(-1, n - 200), -1):
+                assert db.read(k, off).value == value(k, off)

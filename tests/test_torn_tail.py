@@ -32,7 +32,7 @@ from aoflite.segment import (
     Writer,
     crc32c,
 )
-from fuzz.checks import check_recovered, copy_tree
+from testhelpers import check_recovered, copy_tree
 
 # The format as docs/format.md states it (test_native checks these against
 # native/aof_format.h, so a change there cannot slip past these tests).

@@ -752,6 +752,10 @@ def render_table(report: dict) -> str:
         lines.append(
             f"{t['group']:<14} {t['label']:<42} {fmt_num(t['ratio'], '7.2f'):>7}  >= {t['target']:<4g} {verdict}"
         )
+    if report.get("tiers"):
+        import bench_tiers
+
+        lines += bench_tiers.render(report["tiers"])
     wall = ", ".join(f"{p} {s:.0f} s" for p, s in report["wall_seconds"]["peers"].items())
     lines += ["", f"wall time {report['wall_seconds']['total']:.0f} s; per peer, setup included: {wall}"]
     return "\n".join(lines)
@@ -770,6 +774,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a small smoke run")
     p.add_argument("--only", help=f"comma-separated peers: {','.join(PEERS)}")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-tiers", action="store_true", help="skip the tier rows (tools/bench_tiers.py)")
     args = p.parse_args(argv)
     args.records = args.records or (20_000 if args.quick else 1_000_000)
     args.probes = 10_000 if args.quick else 100_000
@@ -840,8 +845,15 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="aoflite-bench-", dir=base))
     runner = Runner(scratch, args.repeats)
     started, t_start = datetime.datetime.now().astimezone(), time.perf_counter()
+    tiers: list[dict] = []
     try:
         groups = run_all(args, cases, runner, notes)
+        if "aoflite" in args.only and not args.no_tiers and not AOFLITE_MISSING:
+            import bench_tiers
+
+            t_tiers = time.perf_counter()
+            tiers = bench_tiers.run(scratch, args.quick, args.repeats, progress)
+            runner.wall["tiers"] = time.perf_counter() - t_tiers
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -864,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         "groups": groups,
         "results": [r.as_dict() for r in runner.results],
         "targets": evaluate_targets(runner.results),
+        "tiers": tiers,
         "wall_seconds": {
             "total": round(time.perf_counter() - t_start, 1),
             "peers": {p: round(s, 1) for p, s in runner.wall.items()},

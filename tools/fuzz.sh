@@ -18,7 +18,7 @@ if [[ "${1:-}" == "--long" ]]; then
     profile=long
     shift
 fi
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
 export AOFLITE_FUZZ_PROFILE=$profile
 
 # libFuzzer on fuzz/native/fuzz_segment.c, seeded from fuzz/corpus

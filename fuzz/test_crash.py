@@ -11,8 +11,9 @@ import pytest
 
 import aoflite
 from aoflite import layout
-from fuzz import stats
-from fuzz.workload import MIX, Ledger, Spec, spawn
+
+from . import stats
+from .workload import MIX, Ledger, Spec, spawn
 
 SEED = 20240611
 # a seal about every hundred operations, and values large enough that the

@@ -1,6 +1,17 @@
-"""Invariants a store must satisfy after any crash, shared by the crash,
-failpoint and power-loss suites.
+"""Test helpers shared by the unit tests (tests/) and the crash-recovery
+suite (fuzz/), so neither suite imports the other's modules.
 
+It lives at the top of the checkout, not in tests/ or fuzz/: pytest puts
+the checkout on sys.path for both suites (``pythonpath = ["."]`` in
+pyproject.toml), and so does every child process the suites start, so it
+is imported by one name, ``testhelpers``, everywhere. (tests/ is not a
+package and is on sys.path only once one of its modules is collected;
+importing it as ``tests.helpers`` from fuzz/ would load a second copy,
+with a second ``InvariantError`` that ``except`` clauses would miss.)
+Machinery only the crash-recovery suite uses (the workload child, power
+loss, the coverage counters) stays in fuzz/.
+
+Invariants a store must satisfy after any crash:
 ``check_recovered(path, appended, acked, batches)`` opens the store at path
 (running recovery) and checks, against what the test appended:
 
@@ -20,7 +31,9 @@ It returns the surviving counts so a stateful test can continue from them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import aoflite
 from aoflite import layout
@@ -78,9 +91,12 @@ def check_recovered(
     appended: every value appended to each key, in offset order (rolled
     back transactions excluded); acked: how many of each key's first
     records were acknowledged durable; batches: groups of (key, offset)
-    that must survive all together or not at all."""
+    that must survive all together or not at all. Records below a key's
+    retired mark were removed by retention (whole segments, so whole
+    batches), never lost."""
     with aoflite.open(path, **open_kwargs) as db:
         survived: dict[str, int] = {}
+        kept_from: dict[str, int] = {}
         seen_keys = set(db.keys())
         for key, values in appended.items():
             n = db.count(key)
@@ -88,14 +104,16 @@ def check_recovered(
                 _fail(f"key {key!r}: {acked[key]} records acknowledged, {n} survived")
             if n > len(values):
                 _fail(f"key {key!r}: {n} records after recovery, only {len(values)} appended")
+            known = db.manifest.lookup_key(key)
+            start = kept_from[key] = db.manifest.retired_below(known[0]) if known else 0
             got = list(db.scan(key))
-            if [r.offset for r in got] != list(range(n)):
-                _fail(f"key {key!r}: offsets {[r.offset for r in got][:20]}... are not dense 0..{n - 1}")
+            if [r.offset for r in got] != list(range(start, n)):
+                _fail(f"key {key!r}: offsets {[r.offset for r in got][:20]}... are not dense {start}..{n - 1}")
             for r in got:
                 if r.value != values[r.offset]:
                     _fail(f"key {key!r} offset {r.offset}: value differs from what was appended")
             last = db.last(key)
-            if (last is None) != (n == 0) or (last is not None and last.offset != n - 1):
+            if (None if last is None else last.offset) != (n - 1 if n > start else None):
                 _fail(f"key {key!r}: last() {last!r} disagrees with count() {n}")
             if n and key not in seen_keys:
                 _fail(f"key {key!r} has records but keys() omits it")
@@ -104,7 +122,7 @@ def check_recovered(
         if extra:
             _fail(f"keys() lists keys never appended: {sorted(extra)[:5]}")
         for batch in batches:
-            alive = [off < survived.get(key, 0) for key, off in batch]
+            alive = [kept_from.get(key, 0) <= off < survived.get(key, 0) for key, off in batch]
             if any(alive) and not all(alive):
                 _fail(f"batch {list(batch)[:6]} is partly visible: {alive[:6]}")
         lsns = []
@@ -116,8 +134,9 @@ def check_recovered(
                 _fail(f"scan_all yields {r.key!r} offset {r.offset} beyond count()")
         if any(b <= a for a, b in zip(lsns, lsns[1:])):
             _fail("scan_all is not in strictly increasing LSN order")
-        if total != sum(survived.values()):
-            _fail(f"scan_all yields {total} records, keys hold {sum(survived.values())}")
+        held = sum(n - kept_from.get(k, 0) for k, n in survived.items())
+        if total != held:
+            _fail(f"scan_all yields {total} records, keys hold {held}")
         if append_after and not db.readonly:
             top = lsns[-1] if lsns else 0
             for key, n in survived.items():
@@ -143,3 +162,27 @@ def copy_tree(src: str, dst: str) -> None:
         for name in files:
             with open(os.path.join(root, name), "rb") as f, open(os.path.join(dst, rel, name), "wb") as g:
                 g.write(f.read())
+
+
+def in_thread(target: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    """Run target(*args) in a daemon thread; returns a join(timeout=60)
+    that waits, re-raises the thread's failure and returns its result."""
+    out: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            out["result"] = target(*args)
+        except BaseException as e:  # handed to the test thread
+            out["error"] = e
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+
+    def join(timeout: float = 60) -> Any:
+        t.join(timeout)
+        assert not t.is_alive(), "a thread did not finish"
+        if "error" in out:
+            raise out["error"]
+        return out["result"]
+
+    return join
