@@ -489,9 +489,12 @@ class Coordinator:
                 self.on_upload_failed(sid, e)
             return
         self._failures.done("upload", sid)
-        self._manifest.record_tier(
+        done = self._manifest.record_tier(
             sid, "UploadDone", add=("t2",), facts={"t2_bytes": size, "t2_checksum": checksum}, object=name, bytes=size
         )
+        if done is None:  # retired while it was uploading: its object must not outlive it
+            self._manifest.queue_tier2_delete(sid, name)
+            return
         if self.on_uploaded is not None:
             self.on_uploaded(sid)
         self.notify()  # Tier 1 copies may go now

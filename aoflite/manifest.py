@@ -558,6 +558,13 @@ class Manifest:
         v = self.get_meta("retired_through")
         return int(v) if v else 0
 
+    def queue_tier2_delete(self, segment_id: int, object_name: str) -> None:
+        """Queue the deletion of the Tier 2 object of a segment that is gone
+        (an upload that finished after retention retired its segment)."""
+        with self._write() as txn:
+            txn.put(f"t2delete.{segment_id}".encode(), object_name.encode(), db=self._dbs["meta"])
+            self._event(txn, "Tier2DeleteQueued", segment=segment_id, object=object_name)
+
     def queued_deletes(self) -> dict[int, str]:
         """Tier 2 objects of retired segments still to delete: id -> name."""
         out = {}
