@@ -646,6 +646,8 @@ class Manifest:
                 raw = txn.get(_U32.pack(key_id), db=self._dbs["key_names"])
                 if raw is None:
                     continue
+                # offsets retention retired stay taken: a key keeps counting from them
+                end = max(end, int(txn.get(f"retired.{key_id}".encode(), db=self._dbs["meta"]) or b"0"))
                 if end:
                     txn.put(_name_key(raw), _KEYVAL.pack(key_id, end) + raw, db=self._dbs["keys"])
                 else:

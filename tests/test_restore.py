@@ -269,3 +269,28 @@ def test_restore_against_s3(s3_server, tmp_path):
         assert every_record(ro) == original
         check_all(ro, counts)
         ro.verify()
+
+
+def test_restore_keeps_what_retention_retired_retired(tmp_path, bucket):
+    """A store whose oldest segments retention retired restores to the same
+    view: retired offsets say so, kept ones read back, offsets go on."""
+    with writer(tmp_path / "s", bucket, retention_max_segments=2) as db:
+        counts = fill(db, 12_000)
+        db.seal()
+        db.drain_tiers(timeout=60)
+        kept = every_record(db)
+    assert kept[0].lsn > 1
+    assert aoflite.restore(f"file://{bucket}", str(tmp_path / "r")) == kept[-1].lsn
+    with aoflite.open(str(tmp_path / "r"), segment_bytes=SEG) as rw:
+        assert every_record(rw) == kept
+        with pytest.raises(aoflite.NotFound, match="retired by retention"):
+            rw.read("k0", 0)
+        assert rw.count("k0") == counts["k0"]
+        assert rw.append("k0", b"on") == counts["k0"]
+    cut = kept[len(kept) // 2].lsn
+    assert aoflite.restore(f"file://{bucket}", str(tmp_path / "p"), as_of_lsn=cut) == cut
+    with aoflite.open(str(tmp_path / "p"), segment_bytes=SEG) as rw:
+        assert every_record(rw) == [r for r in kept if r.lsn <= cut]
+        n = rw.count("k1")
+        assert n == max(r.offset for r in kept if r.key == "k1" and r.lsn <= cut) + 1
+        assert rw.append("k1", b"on") == n
