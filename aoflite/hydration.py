@@ -85,6 +85,12 @@ class Hydrator:
         self._inflight: dict[int, concurrent.futures.Future[Segment | None]] = {}
         self._closed = False
 
+    @property
+    def backend(self) -> Tier2Backend | None:
+        """What it fetches from: the store's Tier 2, and the Tier 2s a
+        restored store came from behind it."""
+        return self._backend
+
     # ------------------------------------------------------------ callers
 
     def ensure_local(self, segment_id: int, *, wait: bool = True) -> Segment | None:

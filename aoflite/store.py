@@ -229,7 +229,7 @@ class Store:
                 on_backpressure=events.backpressure,
             )
             if backend is not None:
-                reads.cold = ColdReads(self.path, self._manifest, backend)
+                reads.cold = ColdReads(self.path, self._manifest, self._hydrator.backend or backend)
             if readonly:
                 self._follower = Follower(self.path, store_id, self._manifest, reads)
             else:

@@ -96,8 +96,10 @@ def test_restored_store_moves_to_its_own_prefix(tmp_path, bucket):
     assert not (own / segment_object_name(1)).exists()
     assert not (bucket / segment_object_name(new)).exists()
     with aoflite.open(str(tmp_path / "r"), readonly=True) as ro:
-        for name in os.listdir(tmp_path / "r" / "segments"):
-            os.unlink(tmp_path / "r" / "segments" / name)
+        for d in ("segments", "tier1"):
+            for name in os.listdir(tmp_path / "r" / d):
+                os.unlink(tmp_path / "r" / d / name)
+        assert ro.read("k0", 5).value == value("k0", 5)  # a cold point read, from the origin
         check_all(ro, counts)
 
 
