@@ -13,6 +13,7 @@ from .errors import (
     ClosedError,
     CorruptionError,
     Error,
+    FencedError,
     FormatError,
     LockedError,
     NotFound,
@@ -24,13 +25,18 @@ from .errors import (
     TransactionError,
 )
 from .record import Record
+from .replica import Replica, open_replica
+from .restore import restore
 from .store import Store, open
 
 __version__ = "0.1.0"
 
 __all__ = [
     "open",
+    "restore",
+    "open_replica",
     "Store",
+    "Replica",
     "Record",
     "Config",
     "DurabilityConfig",
@@ -41,6 +47,7 @@ __all__ = [
     "Error",
     "NotFound",
     "LockedError",
+    "FencedError",
     "ReadOnlyError",
     "ClosedError",
     "CorruptionError",

@@ -37,7 +37,7 @@ from .segment import Feed, Segment
 #: Writes the Tier 2 object of a sealed segment to a local path.
 Fetch = Callable[[SegmentRecord, str], None]
 
-__all__ = ["backup"]
+__all__ = ["backup", "remove_partial"]
 
 
 def backup(path: str, manifest: Manifest, feed: Feed | None, dest: str, fetch: Fetch | None = None) -> int:
@@ -50,14 +50,19 @@ def backup(path: str, manifest: Manifest, feed: Feed | None, dest: str, fetch: F
     try:
         return _copy(path, manifest, feed, dest, fetch)
     except BaseException:
-        # a half-made copy must not pass for a store: remove what we made
-        if made:
-            shutil.rmtree(dest, ignore_errors=True)
-        else:
-            for name in os.listdir(dest):
-                target = os.path.join(dest, name)
-                shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.unlink(target)
+        remove_partial(dest, made)
         raise
+
+
+def remove_partial(dest: str, made: bool) -> None:
+    """A half-made copy must not pass for a store: remove dest when we made
+    it, else empty it again."""
+    if made:
+        shutil.rmtree(dest, ignore_errors=True)
+    else:
+        for name in os.listdir(dest):
+            target = os.path.join(dest, name)
+            shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.unlink(target)
 
 
 def _copy(path: str, manifest: Manifest, feed: Feed | None, dest: str, fetch: Fetch | None) -> int:

@@ -48,6 +48,7 @@ from .tiers.base import (
     OnRetry,
     RetryPolicy,
     Tier2Backend,
+    confirm_object,
     file_digest,
     open_backend,
     segment_object_name,
@@ -232,6 +233,12 @@ class Coordinator:
         self._failures = _Failures(retry_policy(config, floor_ms=10))
         self._last_used: dict[int, float] = {}
         self._pending = {"compression": 0, "upload": 0, "eviction": 0}
+        # the writer's Tier 2 steward (aoflite.snapshots): hears of each
+        # confirmed upload (in the remote worker) and of the stop, and says
+        # when a manifest snapshot is due (drain waits for it)
+        self.on_uploaded: Callable[[int], None] | None = None
+        self.on_stopped: Callable[[], None] | None = None
+        self.snapshot_due: Callable[[], bool] | None = None
         self._moves = _moves(config)
         if self._moves:
             os.makedirs(layout.tier1_dir(path), exist_ok=True)
@@ -260,6 +267,8 @@ class Coordinator:
         for t in self._threads:
             if t.is_alive() and t is not threading.current_thread():
                 t.join()
+        if self.on_stopped is not None:
+            self.on_stopped()
 
     def notify(self) -> None:
         """Something changed (a seal, a hydration): look for work now."""
@@ -470,14 +479,7 @@ class Coordinator:
             self._backend.put(name, src, records=r.record_count)
             # confirmed by reading the object's facts back, not assumed from the put
             hit("tier.after_upload")
-            got = self._backend.head(name)
-            if (got.size, got.checksum) != (size, checksum):
-                raise errors.Tier2Error(
-                    f"{self._backend.url}/{name}: the stored object is {got.size} bytes with SHA-256 "
-                    f"{got.checksum}, the upload was {size} bytes with {checksum}",
-                    reason="checksum_mismatch",
-                    retryable=True,
-                )
+            confirm_object(self._backend, name, size, checksum)
         except FileNotFoundError:
             return  # evicted meanwhile
         except (errors.Error, OSError) as e:
@@ -487,9 +489,14 @@ class Coordinator:
                 self.on_upload_failed(sid, e)
             return
         self._failures.done("upload", sid)
-        self._manifest.record_tier(
+        done = self._manifest.record_tier(
             sid, "UploadDone", add=("t2",), facts={"t2_bytes": size, "t2_checksum": checksum}, object=name, bytes=size
         )
+        if done is None:  # retired while it was uploading: its object must not outlive it
+            self._manifest.queue_tier2_delete(sid, name)
+            return
+        if self.on_uploaded is not None:
+            self.on_uploaded(sid)
         self.notify()  # Tier 1 copies may go now
 
     # ------------------------------------------------------------ retention
@@ -640,6 +647,8 @@ class Coordinator:
         if self._backend is not None and self._t1_max is not None and sum(t1.values()) > self._t1_max:
             if any("t2" in r.tiers and r.segment_id in t1 for r in recs):
                 return "Tier 1 is over budget"
+        if self.snapshot_due is not None and self.snapshot_due():
+            return "a manifest snapshot is due"
         return None
 
     def drain(self, timeout: float | None = None) -> None:

@@ -8,6 +8,7 @@ __all__ = [
     "Error",
     "NotFound",
     "LockedError",
+    "FencedError",
     "ReadOnlyError",
     "ClosedError",
     "CorruptionError",
@@ -31,6 +32,14 @@ class NotFound(Error, LookupError):
 
 class LockedError(Error):
     """Another writable handle (in this or another process) holds the store."""
+
+
+class FencedError(LockedError):
+    """A newer writer took over this store's Tier 2 prefix (its lease epoch
+    moved past ours): this handle stops uploading and snapshotting instead
+    of overwriting the newer writer's objects. Close it."""
+
+    reason = "fenced"
 
 
 class ReadOnlyError(Error):

@@ -3,7 +3,7 @@ the active segment with pread (never a map of a file the writer may
 shrink), notices new segment files, and reads a segment through the
 manifest once the writer has recorded it sealed. Its tail loops sleep on
 the feed's wake word until the writer ends a batch. Local files are its
-one source today; a bucket replica would be a second one beside it."""
+one source; a bucket is the second one, beside it (``aoflite.replica``)."""
 
 from __future__ import annotations
 

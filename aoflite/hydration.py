@@ -29,6 +29,7 @@ from . import errors, layout
 from .config import Config
 from .failpoints import hit
 from .manifest import Manifest, SegmentRecord
+from .restore import with_origins
 from .segment import Segment
 from .tiers.base import Tier2Backend, segment_object_name
 from .tiers.seekable import FileSource, decompress_segment
@@ -70,7 +71,8 @@ class Hydrator:
     ):
         self.path = path
         self._manifest = manifest
-        self._backend = backend
+        # a restored store also reads the Tier 2s it was restored from
+        self._backend = with_origins(backend, manifest, config)
         self._ledger = ledger
         self._on_hydrated = on_hydrated
         self._on_backpressure = on_backpressure
@@ -82,6 +84,12 @@ class Hydrator:
         self._lock = threading.Lock()
         self._inflight: dict[int, concurrent.futures.Future[Segment | None]] = {}
         self._closed = False
+
+    @property
+    def backend(self) -> Tier2Backend | None:
+        """What it fetches from: the store's Tier 2, and the Tier 2s a
+        restored store came from behind it."""
+        return self._backend
 
     # ------------------------------------------------------------ callers
 

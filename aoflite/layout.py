@@ -155,14 +155,16 @@ def read_marker(root: str) -> tuple[int, int]:
     return version, store_id
 
 
-def create_layout(root: str) -> int:
-    """Make a new store's directories and marker; returns the new store id.
+def create_layout(root: str, store_id: int | None = None) -> int:
+    """Make a new store's directories and marker; returns the new store id
+    (store_id when given: a restore recreates a store under its own id).
     A failure leaves what an interrupted creation leaves, which the next
     open takes for an empty directory."""
     try:
         os.makedirs(os.path.join(root, "segments"), exist_ok=True)
         os.makedirs(manifest_dir(root), exist_ok=True)
-        store_id = secrets.randbits(63) | 1
+        if store_id is None:
+            store_id = secrets.randbits(63) | 1
         tmp = os.path.join(root, MARKER + ".tmp")
         with open(tmp, "w", encoding="ascii") as f:
             f.write(f"aoflite store\nformat {FORMAT_VERSION}\nstore_id {store_id:016x}\n")

@@ -69,6 +69,7 @@ EVENT_TYPES = (
     "SegmentAdopted",
     "SegmentDiscarded",
     "SettingChanged",
+    "StoreRestored",
 )
 
 _U32 = struct.Struct(">I")
@@ -557,6 +558,13 @@ class Manifest:
         v = self.get_meta("retired_through")
         return int(v) if v else 0
 
+    def queue_tier2_delete(self, segment_id: int, object_name: str) -> None:
+        """Queue the deletion of the Tier 2 object of a segment that is gone
+        (an upload that finished after retention retired its segment)."""
+        with self._write() as txn:
+            txn.put(f"t2delete.{segment_id}".encode(), object_name.encode(), db=self._dbs["meta"])
+            self._event(txn, "Tier2DeleteQueued", segment=segment_id, object=object_name)
+
     def queued_deletes(self) -> dict[int, str]:
         """Tier 2 objects of retired segments still to delete: id -> name."""
         out = {}
@@ -599,6 +607,58 @@ class Manifest:
             txn.put(f"setting.{name}".encode(), new.encode(), db=self._dbs["meta"])
             if old is not None:
                 self._event(txn, "SettingChanged", setting=name, old=old, new=new)
+
+    def cut_segments(
+        self,
+        keep_through: int,
+        fix: Callable[[SegmentRecord], SegmentRecord],
+        texts: dict[str, str | None],
+        **fields: Any,
+    ) -> None:
+        """After a restore installed a copy: drop every segment past
+        keep_through with its key and LSN ranges (keys left with no sealed
+        record are forgotten, the others' counts fall back), rewrite each
+        kept record through fix, set (or, for None, remove) text settings,
+        and record StoreRestored, in one transaction."""
+        with self._write() as txn:
+            segs, kseg = self._dbs["segments"], self._dbs["key_segments"]
+            cur = txn.cursor(db=segs)
+            dropped = []
+            for k, v in list(cur):
+                rec = SegmentRecord.from_json(v)
+                if rec.segment_id > keep_through:
+                    dropped.append(rec.segment_id)
+                    txn.delete(k, db=segs)
+                    if rec.state == "sealed" and rec.record_count:
+                        txn.delete(_U64.pack(rec.last_lsn), db=self._dbs["lsn_segments"])
+                else:
+                    txn.put(k, fix(rec).to_json(), db=segs)
+            ends: dict[int, int] = {}
+            for k, v in list(txn.cursor(db=kseg)):
+                key_id, _ = _KEYSEG.unpack(k)
+                seg, first, count = _RANGE.unpack(v)
+                if seg > keep_through:
+                    txn.delete(k, db=kseg)
+                    ends.setdefault(key_id, 0)
+                else:
+                    ends[key_id] = max(ends.get(key_id, 0), first + count)
+            for key_id, end in ends.items():
+                raw = txn.get(_U32.pack(key_id), db=self._dbs["key_names"])
+                if raw is None:
+                    continue
+                # offsets retention retired stay taken: a key keeps counting from them
+                end = max(end, int(txn.get(f"retired.{key_id}".encode(), db=self._dbs["meta"]) or b"0"))
+                if end:
+                    txn.put(_name_key(raw), _KEYVAL.pack(key_id, end) + raw, db=self._dbs["keys"])
+                else:
+                    txn.delete(_name_key(raw), db=self._dbs["keys"])
+                    txn.delete(_U32.pack(key_id), db=self._dbs["key_names"])
+            for name, value in texts.items():
+                if value is None:
+                    txn.delete(f"setting.{name}".encode(), db=self._dbs["meta"])
+                else:
+                    txn.put(f"setting.{name}".encode(), value.encode(), db=self._dbs["meta"])
+            self._event(txn, "StoreRestored", kept_through=keep_through, dropped=dropped, **fields)
 
     def forget_segment(self, segment_id: int, reason: str) -> None:
         """Drop an active segment that never reached disk intact."""

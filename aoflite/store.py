@@ -39,6 +39,7 @@ from .lifecycle import Lifecycle
 from .manifest import Manifest
 from .reads import Reads
 from .record import Record
+from .snapshots import Steward
 from .writes import Writes
 
 __all__ = ["Store", "open"]
@@ -228,7 +229,7 @@ class Store:
                 on_backpressure=events.backpressure,
             )
             if backend is not None:
-                reads.cold = ColdReads(self.path, self._manifest, backend)
+                reads.cold = ColdReads(self.path, self._manifest, self._hydrator.backend or backend)
             if readonly:
                 self._follower = Follower(
                     self.path, store_id, self._manifest, reads, config.read.poll_interval_ms
@@ -286,9 +287,14 @@ class Store:
         """The background moves of sealed segments down the tiers."""
         w = self._writes
         assert w is not None
+        # one writer per Tier 2 prefix: the lease (LockedError), fenced uploads, snapshots
+        steward = Steward(backend, self._manifest, self.path, self.config) if backend is not None else None
         c = self._coordinator = Coordinator(
-            self.path, self._manifest, self._reads, backend, self.config, self._life, w.seal_if_idle
+            self.path, self._manifest, self._reads, steward.backend if steward else backend, self.config,
+            self._life, w.seal_if_idle,
         )
+        if steward is not None:
+            c.on_uploaded, c.on_stopped, c.snapshot_due = steward.uploaded, steward.stopped, steward.due
         w.admit = c.admit
         w.on_seal = c.notify
         c.on_backpressure = self._events.backpressure

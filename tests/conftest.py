@@ -23,6 +23,14 @@ def db(store_path):
     handle.close()
 
 
+@pytest.fixture
+def bucket(tmp_path):
+    """An empty directory to use as a file:// Tier 2 bucket."""
+    d = tmp_path / "bucket"
+    d.mkdir()
+    return d
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """An S3 server for the session (tests/s3server.py): a moto server on a

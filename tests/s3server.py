@@ -46,6 +46,15 @@ class S3Server:
         host = self.endpoint.split("://", 1)[1].rstrip("/")
         return Minio(host, self.access_key, self.secret_key, secure=self.endpoint.startswith("https"), region="us-east-1")
 
+    def settings(self, **more: Any) -> dict[str, Any]:
+        """aoflite.open() settings that reach this server (give tier2_url)."""
+        return {
+            "tier2_endpoint": self.endpoint,
+            "tier2_access_key": self.access_key,
+            "tier2_secret_key": self.secret_key,
+            **more,
+        }
+
     def options(self, **more: Any) -> dict[str, Any]:
         """open_backend() options for this server."""
         return {

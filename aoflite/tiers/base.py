@@ -41,6 +41,7 @@ __all__ = [
     "check_name",
     "segment_object_name",
     "atomic_output",
+    "confirm_object",
     "fsync_dir",
     "open_backend",
 ]
@@ -340,6 +341,20 @@ def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def confirm_object(backend: Tier2Backend, name: str, size: int, checksum: str) -> None:
+    """Check, by reading its facts back, that the stored object ``name`` is
+    the ``size`` bytes with SHA-256 ``checksum`` that were put; a retryable
+    Tier2Error(reason="checksum_mismatch") when it is not."""
+    got = backend.head(name)
+    if (got.size, got.checksum) != (size, checksum):
+        raise Tier2Error(
+            f"{backend.url}/{name}: the stored object is {got.size} bytes with SHA-256 "
+            f"{got.checksum}, the upload was {size} bytes with {checksum}",
+            reason="checksum_mismatch",
+            retryable=True,
+        )
 
 
 # Errnos of a file system that may come back (a NAS rebooting, a flaky
