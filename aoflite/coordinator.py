@@ -556,7 +556,9 @@ class Coordinator:
         if due is None:
             return False
         oldest, reason, behind = due
-        held = "t2" in oldest.tiers and self._backend is not None
+        # whether Tier 2 holds it is decided inside the retirement's own
+        # transaction (an upload may land between this read and that one)
+        held = self._backend is not None
         sid = oldest.segment_id
         rec = self._manifest.retire_segment(
             sid, reason=reason, object_name=segment_object_name(sid) if held else None, overrun=behind

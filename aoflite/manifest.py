@@ -501,8 +501,9 @@ class Manifest:
     ) -> SegmentRecord | None:
         """Remove a sealed segment by retention, in one transaction: its
         record, its key ranges and LSN entry; each key's retired watermark
-        (reads below it say "retired"); a queued Tier 2 delete when
-        object_name is given; the ledger events, with one CursorOverrun per
+        (reads below it say "retired"); a queued Tier 2 delete of
+        object_name when the record says Tier 2 holds it (an upload that
+        lands later queues its own, see queue_tier2_delete); the ledger events, with one CursorOverrun per
         cursor (name -> its LSN) that had not consumed it."""
         with self._write() as txn:
             segs, meta = self._dbs["segments"], self._dbs["meta"]
@@ -543,7 +544,7 @@ class Manifest:
                     txn, "CursorOverrun", cursor=name, cursor_lsn=lsn, lost_from=max(lsn + 1, rec.first_lsn),
                     lost_to=rec.last_lsn, segment=segment_id,
                 )
-            if object_name is not None:
+            if object_name is not None and "t2" in rec.tiers:
                 txn.put(f"t2delete.{segment_id}".encode(), object_name.encode(), db=meta)
                 self._event(txn, "Tier2DeleteQueued", segment=segment_id, object=object_name)
             return rec
