@@ -55,7 +55,7 @@ from .tiers.base import (
 )
 from .tiers.seekable import compress_segment
 
-__all__ = ["Coordinator", "Residency", "open_tier2", "residency", "tiering_enabled"]
+__all__ = ["Coordinator", "Residency", "open_tier2", "remove_leftovers", "residency", "tiering_enabled"]
 
 #: How often the workers look for work when nobody wakes them.
 _IDLE_S = 1.0
@@ -242,8 +242,6 @@ class Coordinator:
         self._moves = _moves(config)
         if self._moves:
             os.makedirs(layout.tier1_dir(path), exist_ok=True)
-        _remove_stale_temporaries(path)
-        _remove_retired_files(path, manifest)
         self._threads = [
             threading.Thread(target=self._run, args=(self._local_pass,), name="aoflite-tier-local", daemon=True)
         ]
@@ -738,6 +736,14 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, OSError | errors.StorageError):
         return "io_error"
     return type(e).__name__
+
+
+def remove_leftovers(root: str, manifest: Manifest) -> None:
+    """At a writable open, whether or not the pipeline runs now: what a
+    crash left of the pipeline's steps (retired segments' files, stale
+    temporary files)."""
+    _remove_stale_temporaries(root)
+    _remove_retired_files(root, manifest)
 
 
 def _remove_retired_files(root: str, manifest: Manifest) -> None:

@@ -28,7 +28,7 @@ from . import health as _health
 from . import metrics as _metrics
 from .args import BytesLike, check_timeout
 from .config import Config
-from .coordinator import Coordinator, Residency, open_tier2, residency, tiering_enabled
+from .coordinator import Coordinator, Residency, open_tier2, remove_leftovers, residency, tiering_enabled
 from .cursors import Cursor, CursorInfo, Cursors
 from .failpoints import hit
 from .coldread import ColdReads
@@ -239,6 +239,7 @@ class Store:
                 self._writes.on_flushed = events.flushed
                 self._writes.on_flush_failed = events.flush_failed
                 self._writes.start_flusher()
+                remove_leftovers(self.path, self._manifest)
                 self.append = self._writes.append  # type: ignore[method-assign]
                 if tiering_enabled(config):
                     self._start_pipeline(backend)

@@ -74,6 +74,15 @@ class Spec:
     # retention: keep this many sealed segments (older records are retired)
     retain_segments: int | None = None
 
+    def child_kwargs(self) -> dict:
+        """The settings a child opens the store with: the parent's, and
+        retention (which the parent leaves off, so that nothing retires
+        records while it checks them)."""
+        kwargs = self.open_kwargs()
+        if self.retain_segments is not None:
+            kwargs["retention_max_segments"] = self.retain_segments
+        return kwargs
+
     def open_kwargs(self) -> dict:
         """The settings a parent reopens the store with."""
         kwargs: dict = {
@@ -81,8 +90,6 @@ class Spec:
             "segment_bytes": self.segment_bytes,
             "flush_interval_ms": self.flush_interval_ms,
         }
-        if self.retain_segments is not None:
-            kwargs["retention_max_segments"] = self.retain_segments
         if self.tiered:
             tier2 = self.path + ".tier2"
             os.makedirs(tier2, exist_ok=True)
@@ -134,7 +141,7 @@ class _Child:
         self.counts = {k: self.db.count(k) for k in self.keys}
 
     def _open(self):
-        db = aoflite.open(self.spec.path, **self.spec.open_kwargs())
+        db = aoflite.open(self.spec.path, **self.spec.child_kwargs())
         self.acks.line("O " + " ".join(f"{k}:{db.count(k)}" for k in self.keys))
         return db
 
@@ -225,12 +232,15 @@ class _Child:
         self.db.drain_tiers(timeout=60)
 
     def op_read_old(self) -> None:
-        """Read a key's first record: with tiering, its segment is evicted
-        and comes back from Tier 2."""
+        """Read a key's first records: with tiering, their segment is only
+        in Tier 2; the point read fetches single frames, the scan brings the
+        whole segment back (hydration)."""
         key = self.rng.choice(self.keys)
         if self.counts[key]:
             got = self.db.read(key, 0).value
             assert got == self._value(key, 0), f"{key!r} offset 0 read back different bytes"
+            first = next(self.db.scan(key, 0, 1)).value
+            assert first == got, f"{key!r} offset 0 scanned back different bytes"
 
     def op_reopen(self) -> None:
         self.db.close()
