@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from . import errors, layout
 from .manifest import Manifest, SegmentRecord
-from .segment import crc32c
+from .segment import crc32c, crc_unmask
 from .tiers.base import Tier2Backend, segment_object_name
 from .tiers.seekable import SeekTable, read_range, read_seek_table
 
@@ -37,11 +37,6 @@ _U64 = struct.Struct("<Q")
 _BATCH_END = 0x1
 _SEGMENTS_KEPT = 64  # seek tables and key entries kept, per segment
 _BLOBS_KEPT = 32  # compressed ranges kept (footer and index frames are read again and again)
-
-
-def _unmask(masked: int) -> int:
-    rot = (masked - 0xA282EAD8) & 0xFFFFFFFF
-    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
 
 
 class _RemoteSource:
@@ -125,7 +120,7 @@ class ColdReads:
             raise self._corrupt(rec, f"its object holds {table.original_bytes} bytes, the segment {rec.file_bytes}")
         raw = read_range(src, rec.file_bytes - _FOOTER_BYTES, _FOOTER_BYTES, table=table)
         ipos, _, nrec, _, nkeys, _, _, _, _, crc, magic = _FOOTER.unpack(raw)
-        if magic != b"AOFLEND\0" or _unmask(crc) != crc32c(raw[:52]) or nrec != rec.record_count:
+        if magic != b"AOFLEND\0" or crc_unmask(crc) != crc32c(raw[:52]) or nrec != rec.record_count:
             raise self._corrupt(rec, "its footer is damaged")
         entries = read_range(src, ipos, nkeys * _KEY_ENTRY.size, table=table)
         keys = {}
@@ -154,7 +149,7 @@ class ColdReads:
         if kid != key_id or off != offset or pos + _RECORD_HEAD.size + length > o.index_pos:
             raise self._corrupt(rec, f"the record at byte {pos} is not key id {key_id} offset {offset}")
         whole = read_range(o.source, pos, _RECORD_HEAD.size + length, table=o.table)
-        if _unmask(crc) != crc32c(whole[4:]):
+        if crc_unmask(crc) != crc32c(whole[4:]):
             raise self._corrupt(rec, f"the record at byte {pos} fails its CRC")
         return lsn, ts, whole[_RECORD_HEAD.size :], bool(flags & _BATCH_END)
 

@@ -30,11 +30,13 @@ from .config import Config
 from .failpoints import hit
 from .manifest import Manifest, SegmentRecord
 from .restore import with_origins
-from .segment import Segment
+from .segment import Segment, crc32c, crc_unmask
 from .tiers.base import Tier2Backend, segment_object_name
 from .tiers.seekable import FileSource, decompress_segment
 
 __all__ = ["Hydrator", "facts_mismatch"]
+
+_FOOTER_BYTES = 64  # native/aof_format.h: the file CRC covers what precedes it
 
 #: Segments waiting for a worker, beyond which a read is refused with
 #: BackpressureError(kind="hydration") rather than queued.
@@ -84,6 +86,8 @@ class Hydrator:
         self._lock = threading.Lock()
         self._inflight: dict[int, concurrent.futures.Future[Segment | None]] = {}
         self._closed = False
+        # cache copies checked (or made) by this process
+        self._checked: set[int] = set()
 
     @property
     def backend(self) -> Tier2Backend | None:
@@ -144,6 +148,30 @@ class Hydrator:
         """Download the Tier 2 object of rec (its Tier 1 file) to dest,
         checked against what the manifest recorded (for backups)."""
         self._fetch(rec, dest)
+
+    def is_sound(self, seg: Segment, rec: SegmentRecord | None) -> bool:
+        """Whether a local file of a sealed segment can be used: always for
+        the writer's own file (the manifest says "t0": it was synced when
+        sealed); for a cache copy (hydrated, never synced), once its bytes
+        match the file CRC its footer records and the footer matches the
+        manifest, checked once per process. A torn copy is deleted, and the
+        caller hydrates it anew."""
+        sid = seg.info().segment_id
+        if rec is None or "t0" in rec.tiers or sid in self._checked:
+            return True
+        info = seg.info()
+        data = seg.memory()
+        sound = (
+            info.sealed
+            and facts_mismatch(seg, rec) is None
+            and crc_unmask(info.file_crc) == crc32c(data[: info.file_bytes - _FOOTER_BYTES])
+        )
+        if sound:
+            self._checked.add(sid)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(seg.path)
+        return bool(sound)
 
     def pending(self) -> int:
         """Segments being fetched or waiting for a worker."""
@@ -212,8 +240,14 @@ class Hydrator:
             # checked under a name of its own, then renamed into place
             tmp = f"{dst}.{secrets.token_hex(4)}.tmp"
             try:
+                # The recorded CRC of the whole file (taken from a segment
+                # verified before it was compressed) proves every byte, so the
+                # segment's own walk is needed only without it. A hydrated
+                # file is a cache copy: not synced (a crash may tear it; a
+                # reader checks its CRC before first use, see is_sound).
+                crc = rec.t1_crc if rec.t1_bytes else None
                 with source:
-                    decompress_segment(source, tmp, expected_crc32c=rec.t1_crc if rec.t1_bytes else None)
+                    decompress_segment(source, tmp, expected_crc32c=crc, verify=crc is None, durable=False)
                 seg, _ = Segment.open(tmp)
                 why = facts_mismatch(seg, rec)
                 if why is not None:
@@ -221,7 +255,7 @@ class Hydrator:
                 os.replace(tmp, dst)
                 if fetched is not None:
                     os.replace(fetched, t1)  # kept as the Tier 1 copy (the evictor counts it)
-                layout.fsync_dir(os.path.dirname(dst))
+                self._checked.add(sid)
                 return seg
             except errors.CorruptionError as e:
                 last = e

@@ -174,7 +174,6 @@ class Reads:
                     break
             try:
                 seg, _ = Segment.open(path)
-                break
             except errors.NotFound:
                 continue
             except errors.FormatError as e:
@@ -184,6 +183,10 @@ class Reads:
                     path=path,
                     position=0,
                 ) from None
+            # a cache copy (hydrated, never synced) is checked before first use
+            if self.hydrator is None or self.hydrator.is_sound(seg, self._manifest.segment(segment_id)):
+                break
+            seg = None
         if seg is None:
             raise errors.CorruptionError(
                 f"{path}: segment {segment_id} is in the manifest but its file is missing "

@@ -56,10 +56,17 @@ STOP_REASONS = {
 }
 
 
-def crc32c(data: bytes, crc: int = 0) -> int:
+def crc32c(data: bytes | memoryview, crc: int = 0) -> int:
     """CRC32C of data (unmasked), continuing from crc."""
-    value: int = lib.aof_crc32c(crc, data, len(data))
+    buf = data if type(data) is bytes else ffi.from_buffer(data)
+    value: int = lib.aof_crc32c(crc, buf, len(data))
     return value
+
+
+def crc_unmask(masked: int) -> int:
+    """A CRC as the format stores it (masked, aof_format.h) back to the CRC."""
+    rot = (masked - 0xA282EAD8) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
 
 
 def crc32c_hardware() -> bool:

@@ -578,3 +578,25 @@ def test_bucket_that_disappears(s3_server, tmp_path):
         for k, n in counts.items():  # what is local reads back; what was only in the bucket is reported
             for off in range(n - 1, max(-1, n - 200), -1):
                 assert db.read(k, off).value == value(k, off)
+
+
+def test_torn_cache_copy_is_fetched_again(tmp_path, tier2):
+    """A hydrated file is a cache copy, never synced: a crash may tear it.
+    Before first use in a process its bytes are checked against the CRC its
+    footer records; a damaged one is deleted and hydrated anew."""
+    with tiered(tmp_path / "s", tier2, tier0_max_bytes=None) as db:
+        counts = fill(db, 6_000)
+        db.seal()
+    with tiered(tmp_path / "s", tier2) as db:  # budgets of 0 now: every sealed segment leaves
+        db.drain_tiers(timeout=60)
+    with tiered(tmp_path / "s", tier2, tier0_max_bytes=None) as db:
+        sid = db.residency()[0].segment_id
+        list(db.scan("k0", 0, 3))  # hydrates segment sid into a cache copy
+        path = layout.segment_path(db.path, sid)
+        assert os.path.exists(path)
+    with open(path, "r+b") as f:  # what a crash before writeback could leave
+        f.seek(4096)
+        f.write(b"\0" * 512)
+    with tiered(tmp_path / "s", tier2, tier0_max_bytes=None) as db:
+        check_all(db, counts)
+        assert len(events(db, "HydrationDone", sid)) == 2, "the torn copy was not fetched again"

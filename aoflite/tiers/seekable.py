@@ -380,11 +380,12 @@ def read_range(source: Source, offset: int, length: int, *, table: SeekTable | N
 
 
 @contextlib.contextmanager
-def _atomic_file(dst_path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def _atomic_file(dst_path: str | os.PathLike[str], durable: bool = True) -> Iterator[BinaryIO]:
     """A new file that appears at dst_path complete or not at all: written
     under a temporary name beside it (unique, so two writers never share
     one), synced, renamed over dst_path, and the directory synced so that
-    the rename survives a crash. On an error the temporary file is removed
+    the rename survives a crash (durable=False: neither sync, for a copy
+    whose reader checks it). On an error the temporary file is removed
     and dst_path is left as it was."""
     dst = os.fspath(dst_path)
     tmp = f"{dst}.{secrets.token_hex(4)}.tmp"
@@ -392,7 +393,8 @@ def _atomic_file(dst_path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with open(tmp, "xb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, dst)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -400,7 +402,8 @@ def _atomic_file(dst_path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         if isinstance(e, OSError) and not isinstance(e, errors.Error):
             raise errors.StorageError(e.errno or 0, f"writing {dst}: {e} (check free space and the device)") from None
         raise
-    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    if durable:
+        fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
 def _check_sealed(path: str, source_name: str) -> None:
@@ -462,6 +465,7 @@ def decompress_segment(
     *,
     expected_crc32c: int | None = None,
     verify: bool = True,
+    durable: bool = True,
 ) -> CompressedInfo:
     """Restore the exact segment file from a Tier 1 file (a path or a
     RangeSource) to dst_path, atomically as compress_segment writes.
@@ -470,12 +474,13 @@ def decompress_segment(
     sizes; ``expected_crc32c`` (CompressedInfo.crc32c, as recorded when it
     was compressed) checks the whole file end to end; with ``verify`` (the
     default) the restored file must also pass the segment's own checks.
+    ``durable=False`` skips the syncs, for a cache copy its reader checks.
     Any failure raises CorruptionError naming the file and, for a frame or
     the seek table, the position, and leaves dst_path as it was."""
     with _opened(src) as s:
         table = read_seek_table(s)
         crc = 0
-        with _atomic_file(dst_path) as out:
+        with _atomic_file(dst_path, durable) as out:
             for frame in table:
                 chunk = _decode(frame, _read_exactly(s, frame.compressed_pos, frame.compressed_bytes), s.name)
                 crc = crc32c(chunk, crc)
