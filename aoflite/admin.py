@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors, layout
 from .manifest import SegmentRecord
-from .coordinator import open_tier2, tiering_enabled
+from .coordinator import open_tier2
 from .tiers.base import Tier2Backend, file_digest, segment_object_name
 
 if TYPE_CHECKING:  # the store imports this module for health()
@@ -161,6 +161,13 @@ def _sealed(db: Store) -> list[SegmentRecord]:
     return [r for r in db.manifest.segments() if r.state == "sealed"]
 
 
+def _moves(db: Store) -> bool:
+    """Whether the writer's pipeline moves sealed segments down the tiers
+    (a Tier 2 or a local budget; retention alone only removes)."""
+    c = db.config
+    return c.tier2.url is not None or c.tier0.max_bytes is not None or c.tier1.max_bytes is not None
+
+
 def _pipeline(db: Store, stats: dict[str, Any]) -> tuple[dict[str, int | None], dict[str, Any]]:
     """Queue depths and the Tier 2 backlog. The writer's pipeline reports
     its own; a read-only handle works them out from the manifest and the
@@ -173,11 +180,11 @@ def _pipeline(db: Store, stats: dict[str, Any]) -> tuple[dict[str, int | None], 
         recs = _sealed(db)
         res = {r.segment_id: r.tiers for r in db.residency()}
         if "compression" not in queues:
-            moves = tiering_enabled(db.config)
+            moves = _moves(db)
             queues["compression"] = sum(
-                1 for r in recs if moves and "t1" not in r.tiers and "t2" not in r.tiers and "t0" in res[r.segment_id]
+                1 for r in recs if moves and "t1" not in r.tiers and "t2" not in r.tiers and "t0" in res.get(r.segment_id, {})
             )
-            queues["upload"] = sum(1 for r in recs if has_t2 and "t2" not in r.tiers and "t1" in res[r.segment_id])
+            queues["upload"] = sum(1 for r in recs if has_t2 and "t2" not in r.tiers and "t1" in res.get(r.segment_id, {}))
             queues["activation"] = None if db.readonly else 0
         if lag is None and has_t2:
             behind = [r for r in recs if "t2" not in r.tiers]
@@ -330,7 +337,7 @@ def tier2_compare(db: Store, backend: Tier2Backend, names: list[str] | None = No
         if of is None:
             problems.append(_problem("t2_orphan", None, url, "not a segment object name"))
         elif of in recs:
-            if "t2" not in recs[of].tiers:
+            if "t2" not in recs[of].tiers and not _uploading(db, of):
                 problems.append(_problem("t2_unrecorded", of, url, "object of a segment the manifest does not record in Tier 2"))
         elif of in queued:
             problems.append(_problem("t2_delete_pending", of, url, "retired by retention, deletion queued but not done"))
@@ -344,6 +351,18 @@ def tier2_compare(db: Store, backend: Tier2Backend, names: list[str] | None = No
                 _problem("t2_delete_pending", sid, f"{backend.url}/{name}", "deletion queued, object already gone (not yet recorded)")
             )
     return problems
+
+
+def _uploading(db: Store, segment_id: int) -> bool:
+    """Whether segment_id's object may be an upload under way: it was
+    confirmed meanwhile, or (on a read-only handle) a writer in another
+    process holds the store and may not have confirmed it yet (it records
+    an upload once it read the object back). A writable handle's own
+    pipeline is held still (quiet_pipeline) before anything compares."""
+    now = db.manifest.segment(segment_id)
+    if now is not None and "t2" in now.tiers:
+        return True
+    return db.readonly and lock_holder(db.path) is not None
 
 
 def tier2_check(db: Store) -> dict[str, Any]:
@@ -586,7 +605,7 @@ def capacity(db: Store, days: float = 7.0, now_ms: int | None = None) -> dict[st
     ratio = sum(r.t1_bytes for r in compressed) / max(1, sum(r.file_bytes for r in compressed)) if compressed else None
     c = db.config
     has_t2 = c.tier2.url is not None
-    moves = has_t2 or c.tier0.max_bytes is not None or c.tier1.max_bytes is not None
+    moves = _moves(db)
     plans = {
         "t0": (c.tier0.max_bytes, sum(r.tiers.get("t0", 0) for r in res), rate,
                "evicts the least recently used segments held in a lower tier" if moves else "grows past it"),

@@ -19,6 +19,7 @@ the traceback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -850,10 +851,8 @@ def drill(tier2_url: str, live: str | None, scratch: str | None, as_json: bool) 
         last = restore_fn(tier2_url, scratch, **_tier2_settings())
         with open_store(scratch, readonly=True) as copy:
             _verify_all(copy)
-            report = admin.drill_report(copy, last, None)
-            if live is not None:
-                with _open(live) as db:
-                    report = admin.drill_report(copy, last, db)
+            with _open(live) if live is not None else contextlib.nullcontext() as db:
+                report = admin.drill_report(copy, last, db)
         report["seconds"] = round(time.monotonic() - started, 3)
         report["scratch"] = None if workdir is not None else scratch
     finally:

@@ -760,7 +760,7 @@ TIERED_WRITER = textwrap.dedent(
     import sys, aoflite
     sys.path.insert(0, sys.argv[3])
     from test_cli import appending
-    with aoflite.open(sys.argv[1], tier2_url=sys.argv[2]) as db:
+    with aoflite.open(sys.argv[1], tier2_url=sys.argv[2], segment_bytes=64 << 20) as db:  # no roll meanwhile
         db.drain_tiers(timeout=60)
         with appending(db):
             print("ready", flush=True)
