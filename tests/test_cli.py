@@ -635,6 +635,37 @@ def test_restore_and_drill(tiered, tmp_path):
     assert run("drill", url).exit_code == 0
 
 
+def test_restore_and_drill_call_the_restore_contract(tiered, tmp_path, monkeypatch):
+    """The commands' side of aoflite.restore(tier2_url, path, as_of_lsn=None,
+    as_of_time_ms=None, **settings) -> last LSN, with a stand-in that
+    copies the live store (a backup) in its place: the arguments passed,
+    the verification and the comparison with the live manifest."""
+    path, url, bucket = tiered
+    calls = []
+
+    def stand_in(tier2_url, dest, as_of_lsn=None, as_of_time_ms=None, **settings):
+        calls.append((tier2_url, dest, as_of_lsn, as_of_time_ms, settings))
+        with aoflite.open(path, readonly=True) as live:
+            return min(live.backup(dest), 203)  # as if the bucket held what the store had at first
+
+    monkeypatch.setattr(aoflite, "restore", stand_in, raising=False)
+    dest = str(tmp_path / "r")
+    r = run("restore", url, dest, "--as-of-time-ms", "5", env={"AOFLITE_TIER2_ACCESS_KEY": "AKID"})
+    assert r.exit_code == 0 and r.stdout == f"restored {url} to {dest}: every record up to LSN 203\n"
+    assert calls[-1] == (url, dest, None, 5, {"tier2_access_key": "AKID"})
+    r = run("drill", url, "--store", path, "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert (report["segments"], report["records"], report["first_lsn"], report["last_lsn"]) == (1, 202, 1, 203)
+    assert report["differences"] == [] and report["trails"] == {"records": 0, "segments": 0, "seconds": 0.0}
+    assert report["scratch"] is None and not os.path.exists(calls[-1][1])  # the scratch directory is gone
+    with aoflite.open(path) as db:
+        db.append("k1", b"after the drill")
+    r = run("drill", url, "--store", path, "--scratch", str(tmp_path / "kept"))
+    assert "the bucket trails the store by 1 records (0 segments" in r.stdout
+    assert os.path.exists(tmp_path / "kept")
+
+
 def test_capacity_uses_the_tier_budgets(tiered, tmp_path):
     path, url, bucket = tiered
     (tmp_path / "c.toml").write_text("[tier0]\nmax_bytes = 20000\n[tier1]\nmax_bytes = 1000\n")
