@@ -19,24 +19,29 @@ the traceback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
+import os
 import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from . import __version__, admin, errors
+from .coordinator import open_tier2
 from .config import ConfigError, find_config_file, load_config, masked
 from .record import Record
 from .store import Store
 from .store import open as open_store
 
 __all__ = ["main", "cli", "EXIT_CODES"]
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_IO, EXIT_CORRUPT = 0, 1, 2, 3, 4, 5
 EXIT_UNHEALTHY, EXIT_LOCKED, EXIT_INTERNAL = 6, 7, 70
@@ -225,7 +230,7 @@ def _write_records(records: Iterable[Record], fmt: str, *, all_keys: bool) -> No
     out.flush()
 
 
-def _until_interrupted(records: Iterator[Record]) -> Iterator[Record]:
+def _until_interrupted(records: Iterator[T]) -> Iterator[T]:
     """records, ending quietly at ^C or SIGTERM."""
 
     def stop(signum: int, frame: Any) -> None:
@@ -393,7 +398,28 @@ def segments_list(path: str, tier: int | None, key: str | None, as_json: bool) -
     for row in rows:
         row["sealed"] = _when(row.pop("sealed_ms"))
         row.pop("created_ms")
-    _table(rows, ["segment", "state", "tiers", "first_lsn", "last_lsn", "records", "bytes", "keys", "sealed"])
+        row.update({t: row["tiers"].get(t) for t in ("t0", "t1", "t2")})
+    _table(rows, ["segment", "state", "t0", "t1", "t2", "first_lsn", "last_lsn", "records", "bytes", "keys", "sealed"])
+
+
+@segments.command("delete")
+@_path
+@click.argument("segment", type=click.IntRange(0))
+@click.option("--tier", type=click.IntRange(0, 2), required=True, help="The tier whose copy goes.")
+@click.option("--force", is_flag=True, help="Allow deleting the Tier 2 copy (never a segment's last copy).")
+@_json_flag
+def segments_delete(path: str, segment: int, tier: int, force: bool, as_json: bool) -> None:
+    """Delete one tier's copy of a sealed segment; never its last copy.
+    Opens the store writable (exit 7 while another process holds it)."""
+    with _open(path, write=True) as db:
+        done = admin.delete_copy(db, segment, tier, force)
+    if as_json:
+        _print_json(done)
+    else:
+        click.echo(
+            f"deleted segment {segment}'s Tier {tier} copy ({done['bytes']} bytes); "
+            f"copies left: {', '.join(done['remaining'])}"
+        )
 
 
 _timeout = click.option(
@@ -427,14 +453,62 @@ def flush(path: str, timeout: float) -> None:
 def verify(path: str) -> None:
     """Check every sealed segment (file CRC, records, index, manifest); exit 5 on corruption."""
     with _open(path) as db:
-        ids = [r.segment_id for r in db.manifest.segments() if r.state == "sealed"]
-        with click.progressbar(ids, label="verifying", file=sys.stderr, show_pos=True) as bar:
-            for seg_id in bar:
-                try:
-                    db.verify(seg_id)
-                except errors.CorruptionError as e:
-                    raise _located(e) from None
-    click.echo(f"{len(ids)} sealed segments verified")
+        n = _verify_all(db)
+    click.echo(f"{n} sealed segments verified")
+
+
+def _verify_all(db: Store) -> int:
+    """db.verify() of every sealed segment with a progress bar on stderr;
+    corruption named by file and byte position. Returns how many."""
+    ids = [r.segment_id for r in db.manifest.segments() if r.state == "sealed"]
+    with click.progressbar(ids, label="verifying", file=sys.stderr, show_pos=True) as bar:
+        for seg_id in bar:
+            try:
+                db.verify(seg_id)
+            except errors.CorruptionError as e:
+                raise _located(e) from None
+    return len(ids)
+
+
+@cli.command()
+@_path
+@click.option("--segment", type=click.IntRange(0), default=None, help="The segment to bring back.")
+@click.option("--key", default=None, help="Bring back the segments holding this key's records.")
+@click.option("--from", "start", type=click.IntRange(0), default=0, help="With --key: first offset.")
+@click.option("--to", "to", type=click.IntRange(0), default=None, help="With --key: last offset (inclusive).")
+@_json_flag
+def hydrate(path: str, segment: int | None, key: str | None, start: int, to: int | None, as_json: bool) -> None:
+    """Bring evicted segments back to local disk, with a progress bar, and
+    report what came from where. Read-only: works beside a live writer
+    (whose budgets may evict the files again)."""
+    if (segment is None) == (key is None):
+        raise click.UsageError("give --segment ID or --key KEY")
+    if key is None and (start or to is not None):
+        raise click.UsageError("--from and --to go with --key")
+    with _open(path) as db:
+        targets = admin.hydration_targets(db, segment, key, start, None if to is None else to + 1)
+        todo = [t for t in targets if t["source"] != "t0"]
+        hydrator = db._hydrator
+        assert hydrator is not None
+        window = 32  # the hydrator's queue is bounded: never more in flight than this
+        with click.progressbar(length=len(todo), label="hydrating", file=sys.stderr, show_pos=True) as bar:
+            inflight: list[Any] = []
+            for t in todo:
+                inflight.append(hydrator.start(t["segment"]))
+                if len(inflight) >= window:
+                    inflight.pop(0).result()
+                    bar.update(1)
+            for fut in inflight:
+                fut.result()
+                bar.update(1)
+    if as_json:
+        _print_json(targets)
+        return
+    for t in todo:
+        click.echo(f"segment {t['segment']}: fetched from {t['source']} ({t['bytes']} bytes)")
+    click.echo(
+        f"hydrated {len(todo)} segments ({sum(t['bytes'] for t in todo)} bytes); {len(targets) - len(todo)} already local"
+    )
 
 
 def _located(e: errors.CorruptionError) -> errors.CorruptionError:
@@ -535,9 +609,16 @@ def dump(path: str, as_json: bool) -> None:
         return
     rows = [{"tier": t, **v} for t, v in facts["tiers"].items()]
     _table(rows, ["tier", "segments", "bytes"])
-    click.echo(f"active segment: {_cell(facts['active_segment'])}   last LSN: {facts['last_lsn']}")
-    click.echo("queues: " + ", ".join(f"{q}={n}" for q, n in facts["queues"].items()))
-    click.echo("backlog: " + ", ".join(f"{k}={v}" for k, v in facts["backlog"].items()))
+    click.echo(
+        f"active segment: {_cell(facts['active_segment'])} ({facts['active_records']} records, "
+        f"{facts['active_bytes']} bytes)   last LSN: {facts['last_lsn']}"
+    )
+    click.echo("queues: " + ", ".join(f"{q}={_cell(n)}" for q, n in facts["queues"].items()))
+    click.echo(f"backlog (Tier 2 {facts['tier2_url'] or 'not configured'}): " + ", ".join(
+        f"{k.removeprefix('tier2_')}={_cell(v)}" for k, v in facts["backlog"].items()
+    ))
+    if facts["tier_error"]:
+        click.echo(f"pipeline error: {facts['tier_error']}")
     click.echo(json.dumps(facts, sort_keys=True, separators=(",", ":")))
 
 
@@ -548,18 +629,67 @@ def manifest() -> None:
 
 @manifest.command("check")
 @_path
+@click.option("--repair", is_flag=True, help="Fix what is safe (opens the store writable) and say what was done.")
 @_json_flag
-def manifest_check(path: str, as_json: bool) -> None:
-    """Every mismatch between the manifest and the local segment files; exit 5 if any."""
-    with _open(path) as db:
+def manifest_check(path: str, repair: bool, as_json: bool) -> None:
+    """Every mismatch between the manifest, the local files and the Tier 2
+    objects; exit 5 if any (with --repair: any left unrepaired)."""
+    def found(db: Store) -> list[dict[str, Any]]:
         problems = admin.manifest_check(db)
+        backend = open_tier2(db.config)
+        return problems + (admin.tier2_compare(db, backend) if backend is not None else [])
+
+    with _open(path) as db:
+        problems = found(db)
+        has_t2 = db.config.tier2.url is not None
+    if repair and problems:
+        with _open(path, write=True) as db:
+            admin.quiet_pipeline(db)
+            now = found(db)
+            still = {(p["kind"], p["segment"], p["path"]) for p in now}
+            at_open = [
+                {**p, "repair": "fixed when the store opened for writing (recovery or the tier pipeline: see aoflite ledger)"}
+                for p in problems
+                if (p["kind"], p["segment"], p["path"]) not in still
+            ]
+            problems = at_open + admin.repair(db, now)
+    left = [p for p in problems if not repair or p["repair"].startswith("left alone")]
     if as_json:
         _print_json(problems)
     elif problems:
-        _table(problems, ["segment", "problem", "path"])
+        _table(problems, ["segment", "problem", "path", *(["repair"] if repair else [])])
     else:
-        click.echo("manifest and local files agree")
-    if problems:
+        click.echo("manifest, local files and Tier 2 agree" if has_t2 else "manifest and local files agree")
+    if left:
+        click.get_current_context().exit(EXIT_CORRUPT)
+
+
+@cli.group("tier2")
+def tier2_group() -> None:
+    """The Tier 2 object store."""
+
+
+@tier2_group.command("check")
+@_path
+@_json_flag
+def tier2_check(path: str, as_json: bool) -> None:
+    """Bucket reachable, credentials valid (exit 3 if not), every object
+    the manifest records present at its size and checksum, no orphans,
+    retention's deletions done; exit 5 on any problem."""
+    with _open(path) as db:
+        facts = admin.tier2_check(db)
+    if as_json:
+        _print_json(facts)
+    else:
+        click.echo(
+            f"{facts['url']}: reachable, credentials valid; {facts['objects']} objects, "
+            f"{facts['segments_checked']} segments checked, {facts['queued_deletes']} deletions queued"
+        )
+        if facts["problems"]:
+            _table(facts["problems"], ["check", "segment", "problem", "path"])
+        else:
+            click.echo("objects, manifest and retention agree")
+    if facts["problems"]:
         click.get_current_context().exit(EXIT_CORRUPT)
 
 
@@ -573,9 +703,11 @@ def capacity(path: str, days: float, as_json: bool) -> None:
     facts = _gather(path, lambda db: admin.capacity(db, days), as_json)
     if facts is None:
         return
+    ratio = facts["tier1_ratio"]
     click.echo(
         f"growth over {days:g} days: {facts['sealed_bytes']} bytes in {facts['sealed_segments']} sealed segments, "
         f"{facts['bytes_per_day']:.0f} bytes/day"
+        + (f"; Tier 1 keeps {ratio:.2f} of each segment's bytes" if ratio is not None else "")
     )
     rows = []
     for name, b in facts["budgets"].items():
@@ -585,10 +717,161 @@ def capacity(path: str, days: float, as_json: bool) -> None:
                 "budget": name,
                 "limit": b["budget_bytes"] if b["budget_bytes"] is not None else "none",
                 "used": b["used_bytes"],
+                "growth/day": f"{b['growth_bytes_per_day']:.0f}",
                 "full in": "-" if eta is None else "now" if eta == 0 else f"{eta / 86400:.1f} days",
+                "then": b["then"],
             }
         )
-    _table(rows, ["budget", "limit", "used", "full in"])
+    _table(rows, ["budget", "limit", "used", "growth/day", "full in", "then"])
+
+
+@cli.command()
+@_path
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds between frames.")
+@click.option("--once", is_flag=True, help="Print one frame (over one interval) and stop.")
+@click.option("--metrics-url", default=None, metavar="URL",
+              help="The writer's /metrics (aoflite metrics --serve, db.serve_metrics): adds flush rate and latency, "
+                   "backpressure and the activation queue, which only the writing process knows.")
+@_json_flag
+def top(path: str, interval: float, once: bool, metrics_url: str | None, as_json: bool) -> None:
+    """A live view, redrawn every interval: append and flush rates, flush
+    latency, queues, bytes per tier, backpressure, cursor lag. ^C stops."""
+
+    def take(db: Store) -> dict[str, Any]:
+        got = admin.sample(db)
+        if metrics_url is not None:
+            import urllib.request
+
+            with urllib.request.urlopen(metrics_url, timeout=5) as r:
+                got["writer"] = admin.scraped(r.read().decode())
+        return got
+
+    with _open(path) as db:
+        prev = take(db)
+        for _ in _until_interrupted(_ticks(interval)):
+            cur = take(db)
+            frame = admin.rates(prev, cur)
+            prev = cur
+            if as_json:
+                click.echo(json.dumps(frame, sort_keys=True))
+            else:
+                if not once:
+                    click.clear()
+                _top_frame(db.path, frame)
+            if once:
+                return
+
+
+def _ticks(interval: float) -> Iterator[None]:
+    while True:
+        time.sleep(interval)
+        yield None
+
+
+def _top_frame(path: str, f: dict[str, Any]) -> None:
+    def num(v: float | None, unit: str = "") -> str:
+        return "-" if v is None else f"{v:,.1f}{unit}"
+
+    unknown = "" if f["flushes_per_s"] is not None else "   (flushes, backpressure: --metrics-url of the writer)"
+    click.echo(f"aoflite top {path}   every {f['interval_s']:.1f} s   last LSN {f['last_lsn']}")
+    click.echo(
+        f"appends: {num(f['append_records_per_s'])} records/s, {num(f['append_bytes_per_s'])} bytes/s   "
+        f"flushes: {num(f['flushes_per_s'])}/s, latency {num(f['flush_latency_ms'], ' ms')}{unknown}"
+    )
+    click.echo("queues:  " + ", ".join(f"{q}={_cell(n)}" for q, n in f["queues"].items()))
+    click.echo("tiers:   " + ", ".join(f"{t}: {v['segments']} segments {v['bytes']} bytes" for t, v in f["tiers"].items()))
+    click.echo("backlog: " + ", ".join(f"{k.removeprefix('tier2_')}={_cell(v)}" for k, v in f["backlog"].items()))
+    bp = f["backpressure"]
+    click.echo("backpressure: " + ("-" if bp is None else ", ".join(f"{k}={n}" for k, n in sorted(bp.items()))))
+    lag = f["cursor_lag"]
+    click.echo("cursor lag: " + (", ".join(f"{n}={r} records" for n, r in sorted(lag.items())) or "no cursors"))
+    if f["tier_error"]:
+        click.echo(f"pipeline error: {f['tier_error']}")
+
+
+def _restore_function() -> Callable[..., int]:
+    """aoflite.restore, looked up when a command needs it."""
+    import aoflite
+
+    found = getattr(aoflite, "restore", None)
+    if found is None:
+        click.echo("aoflite: error: this aoflite has no aoflite.restore(): restoring from Tier 2 is not available", err=True)
+        click.get_current_context().exit(EXIT_USAGE)
+    return found  # type: ignore[no-any-return]
+
+
+def _tier2_settings() -> dict[str, Any]:
+    """The Tier 2 connection settings that --config and the AOFLITE_TIER2_*
+    environment give, as restore's keyword settings."""
+    opts = click.get_current_context().find_object(_Options)
+    config = load_config(None, opts.config if opts else None)
+    defaults = type(config)().flat()
+    return {
+        k: v for k, v in config.flat().items()
+        if k.startswith("tier2_") and k != "tier2_url" and v != defaults[k]
+    }
+
+
+@cli.command()
+@click.argument("tier2_url")
+@click.argument("path", type=click.Path())
+@click.option("--as-of-lsn", type=click.IntRange(1), default=None, help="Stop at this LSN (a whole transaction or nothing).")
+@click.option("--as-of-time-ms", type=click.IntRange(0), default=None, help="Stop at this time (ms since the epoch).")
+def restore(tier2_url: str, path: str, as_of_lsn: int | None, as_of_time_ms: int | None) -> None:
+    """Recreate a store at PATH (a new path) from Tier 2 alone; segments
+    come back on read."""
+    if as_of_lsn is not None and as_of_time_ms is not None:
+        raise click.UsageError("give --as-of-lsn or --as-of-time-ms, not both")
+    restore_fn = _restore_function()
+    last = restore_fn(tier2_url, path, as_of_lsn=as_of_lsn, as_of_time_ms=as_of_time_ms, **_tier2_settings())
+    click.echo(f"restored {tier2_url} to {path}: every record up to LSN {last}")
+
+
+@cli.command()
+@click.argument("tier2_url")
+@click.option("--store", "live", type=click.Path(), default=None,
+              help="The live store to compare with (its manifest is read, read-only).")
+@click.option("--scratch", type=click.Path(), default=None, help="Restore here (a new path) and keep it.")
+@_json_flag
+def drill(tier2_url: str, live: str | None, scratch: str | None, as_json: bool) -> None:
+    """The disaster-recovery rehearsal: restore TIER2_URL into a scratch
+    directory, verify every segment, compare LSN ranges and counts with the
+    live store's manifest and say how far the bucket trails it; exit 5 on
+    any difference or damage."""
+    import shutil
+    import tempfile
+
+    restore_fn = _restore_function()
+    workdir = None
+    if scratch is None:
+        workdir = tempfile.mkdtemp(prefix="aoflite-drill-")
+        scratch = os.path.join(workdir, "store")
+    try:
+        started = time.monotonic()
+        last = restore_fn(tier2_url, scratch, **_tier2_settings())
+        with open_store(scratch, readonly=True) as copy:
+            _verify_all(copy)
+            with _open(live) if live is not None else contextlib.nullcontext() as db:
+                report = admin.drill_report(copy, last, db)
+        report["seconds"] = round(time.monotonic() - started, 3)
+        report["scratch"] = None if workdir is not None else scratch
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(
+            f"restored {report['segments']} sealed segments, LSN {report['first_lsn']} .. {report['last_lsn']}, "
+            f"every one verified, in {report['seconds']} s"
+        )
+        if report["trails"] is not None:
+            t = report["trails"]
+            click.echo(f"the bucket trails the store by {t['records']} records ({t['segments']} segments, {t['seconds']:.0f} s)")
+        if report["differences"]:
+            _table(report["differences"], ["segment", "problem"])
+    if report["differences"]:
+        click.get_current_context().exit(EXIT_CORRUPT)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
