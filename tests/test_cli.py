@@ -600,20 +600,6 @@ def test_top_with_the_writers_metrics(store):
     assert frame["queues"]["activation"] == 0 and frame["cursor_lag"]["billing"] > 200
 
 
-HAS_RESTORE = hasattr(aoflite, "restore")
-NO_RESTORE = "aoflite.restore() is not in this tree yet (the restore work adds it)"
-
-
-@pytest.mark.skipif(HAS_RESTORE, reason="aoflite.restore() exists: test_restore_and_drill covers the commands")
-def test_restore_and_drill_say_when_restore_is_missing(tiered, tmp_path):
-    path, url, bucket = tiered
-    for args in (["restore", url, str(tmp_path / "r")], ["drill", url, "--store", path]):
-        r = run(*args)
-        assert r.exit_code == 1
-        assert r.stderr == "aoflite: error: this aoflite has no aoflite.restore(): restoring from Tier 2 is not available\n"
-
-
-@pytest.mark.skipif(not HAS_RESTORE, reason=NO_RESTORE)
 def test_restore_and_drill(tiered, tmp_path):
     path, url, bucket = tiered
     dest = str(tmp_path / "restored")

@@ -46,7 +46,7 @@ EXERCISED = {
     "aoflite hydrate": "tests/test_cli.py::test_hydrate_brings_segments_back",
     "aoflite tier2 check": "tests/test_cli.py::test_tier2_check, test_tier2_check_retention_and_repair",
     "aoflite top": "tests/test_cli.py::test_top_once, test_top_with_the_writers_metrics",
-    "aoflite restore TIER2_URL DEST": "tests/test_cli.py::test_restore_and_drill (skipped until aoflite.restore exists)",
+    "aoflite restore TIER2_URL DEST": "tests/test_cli.py::test_restore_and_drill",
     "aoflite restore TIER2_URL DEST --as-of-lsn 100": "tests/test_cli.py::test_restore_and_drill",
     "aoflite drill TIER2_URL --store": "tests/test_cli.py::test_restore_and_drill",
     "aoflite seal": "tests/test_cli.py::test_seal_and_flush",
@@ -221,14 +221,12 @@ def test_documented_aoflite_commands_run(tmp_path):
     -f with a short idle timeout), except the ones that run until stopped
     or take minutes: --serve (tests/test_cli.py::test_metrics_serve), top
     without --once (test_top_once) and the bare demo
-    (tests/test_cli.py::test_demo); and restore and drill while this
-    aoflite has no aoflite.restore (tests/test_cli.py::test_restore_and_drill)."""
+    (tests/test_cli.py::test_demo)."""
     import shlex
 
     from click.testing import CliRunner
     from test_cli import make_tiered_store
 
-    import aoflite
     from aoflite import cli
 
     store = str(tmp_path / "store")
@@ -240,8 +238,7 @@ def test_documented_aoflite_commands_run(tmp_path):
         forever = "--serve" in command or command == "aoflite demo" or (
             command.startswith("aoflite top ") and "--once" not in command
         )
-        unavailable = command.startswith(("aoflite restore ", "aoflite drill ")) and not hasattr(aoflite, "restore")
-        if forever or unavailable:
+        if forever:
             skipped += 1
             continue
         args = [
