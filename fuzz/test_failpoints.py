@@ -145,6 +145,8 @@ SCENARIOS: dict[str, list[Step]] = {
     "append_many.half": [Crash("append_many.half", 3, BATCHES)],
     "tx.before_commit_record": [Crash("tx.before_commit_record", 2, TRANSACTIONS)],
     "sync.before_msync": [Crash("sync.before_msync", 10)],
+    # the active segment's second growth: the file is longer than any sync knew
+    "seg.grown": [Crash("seg.grown", 1, BIG)],
 }
 
 
