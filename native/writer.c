@@ -564,6 +564,15 @@ int aof_writer_sync(aof_writer *w, uint64_t *durable_lsn) {
         rc = sync_seg(s, from, to, size, dur_size);
         pthread_mutex_lock(&w->mu);
         w->syncing = 0;
+        if (!rc && size > dur_size) {
+            /* the fdatasync also wrote back the pages prefaulted ahead of
+             * to, which leaves them write-protected: prefault them again
+             * in one call rather than take a write fault on each */
+            uint64_t back = to & ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
+            pthread_mutex_lock(&s->mu);
+            if (s->populated > back) s->populated = back;
+            pthread_mutex_unlock(&s->mu);
+        }
         if (!rc) {
             if (to > w->dur_pos) w->dur_pos = to;
             if (size > w->dur_size) w->dur_size = size;
