@@ -339,7 +339,8 @@ class Segment:
     def create(
         cls, path: str, *, store_id: int, segment_id: int, first_lsn: int, capacity: int
     ) -> Segment:
-        """Create, preallocate and sync a new, empty segment file."""
+        """Create and sync a new, empty segment file, preallocated to its first
+        growth step (it grows with use up to capacity)."""
         out = ffi.new("aof_seg **")
         rc = lib.aof_seg_create(_path(path), store_id, segment_id, first_lsn, capacity, out)
         if rc:

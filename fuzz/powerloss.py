@@ -9,6 +9,13 @@ directory:
   header once an fsync (``F``) covered it; the header is all a segment holds
   at its creating fsync, the rest of the file being preallocated zeros that
   appends later overwrite without that fsync covering them;
+- a file's size is durable only as of its last fsync (``F``, which logs the
+  size it covered): an msync writes pages back, not the inode, so what an
+  msync covered past that size is durable only if the size survives, which
+  nothing promised. A file that grew since its last fsync may come back at
+  that size, or at any size up to its current one (writeback and the
+  journal may have taken the growth along), its stretches past the old size
+  kept, dropped, torn, zeroed or garbled like any unsynced stretch;
 - every other stretch of a file, page by page (PAGE), is independently kept,
   dropped (the old bytes: zeros inside the durable size, nothing past it),
   torn (kept up to a sector boundary (SECTOR), dropped after), zeroed,
@@ -149,10 +156,14 @@ class FileLog:
         self.size: int | None = None  # from the last F line
 
     def syncs(self, is_segment: bool) -> Iterator[tuple[int, int, int]]:
-        """(from, to, line) of each sync, for the bytes it made durable."""
+        """(from, to, line) of each sync, for the bytes it made durable:
+        none past the durable size, which only an fsync makes durable."""
+        limit = self.size or 0
         for size, line in self.fsyncs:
-            yield 0, min(size, _segment.HEADER_BYTES) if is_segment else size, line
-        yield from self.ranges
+            yield 0, min(size, _segment.HEADER_BYTES, limit) if is_segment else min(size, limit), line
+        for a, b, line in self.ranges:
+            if a < limit:
+                yield a, min(b, limit), line
 
     def durable(self, is_segment: bool) -> list[tuple[int, int]]:
         """Merged byte ranges known durable."""
@@ -342,8 +353,9 @@ def crash_file(
     """The bytes a file holds after the crash; history: its page versions
     (Snapshots.history), if any were taken."""
     durable = flog.durable(is_segment) if flog else []
-    # an msync'ed page past the fsynced size carries the size with it
-    durable_size = min(len(current), max([flog.size or 0, *(b for _, b in durable)])) if flog else 0
+    # the size the last fsync covered, not what msyncs reached past it: a
+    # file grown since may come back this long
+    durable_size = min(len(current), flog.size or 0) if flog else 0
     # past the last non-zero byte (and the page after it) every choice but
     # garbage gives the same zeros, and garbage there is never read; an
     # earlier version may reach further

@@ -155,6 +155,8 @@ SCENARIOS: dict[str, list[Step]] = {
     "hydrate.after_fetch": [Crash("hydrate.after_fetch", 0, TIERED)],
     # retention drops old segments from the manifest, then their files
     "retention.after_manifest": [Crash("retention.after_manifest", 0, {**BIG, "retain_segments": 2})],
+    # the active segment's second growth: the file is longer than any sync knew
+    "seg.grown": [Crash("seg.grown", 1, BIG)],
 }
 
 

@@ -14,6 +14,14 @@
  * that concurrent readers hold pointers into. Only touched pages cost memory. */
 #define AOF_RESERVE_BYTES (64ull << 30)
 
+/* An active segment's file starts this large (or at its capacity, if
+ * smaller) and doubles whenever an append needs room past its end, up to
+ * the capacity: a store holding a few records takes about this much disk,
+ * not segment_bytes. Eight growths fill a 64 MiB segment (two the smallest,
+ * 1 MiB, so every test that rolls segments grows them too), each one
+ * fallocate and, at the next sync, one fdatasync for the new size. */
+#define AOF_GROW_FIRST (256ull << 10)
+
 /* Appends prefault the map this far ahead of the write position: a write
  * fault on a preallocated file page costs ~10 us, populating it ahead with
  * MADV_POPULATE_WRITE ~1 us, which is most of the append path's cost. */
@@ -42,7 +50,7 @@ struct aof_seg {
     char *path;
     unsigned char *base;
     uint64_t map_len;    /* bytes mapped (or reserved) at base */
-    uint64_t file_bytes; /* bytes the file has (sealed: exact size) */
+    uint64_t file_bytes; /* bytes the file has (sealed: exact size; writer: allocated so far) */
     uint64_t capacity;   /* appends roll once records would pass this */
     uint64_t populated;  /* writer: map prefaulted up to here */
 
@@ -166,9 +174,13 @@ uint64_t aof_encode_record(unsigned char *h, uint32_t key_id, uint16_t flags, ui
 uint64_t aof_put_record(aof_seg *s, uint64_t pos, uint32_t key_id, uint16_t flags,
                         uint64_t offset, uint64_t lsn, int64_t ts, const void *payload,
                         uint32_t len);
-/* makes the file at least new_bytes long (preallocated), within the reserve */
+/* makes the file at least new_bytes long (preallocated), within the
+ * reserve: in doubling steps up to the capacity, by half again past it */
 int aof_seg_grow(aof_seg *s, uint64_t new_bytes);
 int aof_seg_sync_range(aof_seg *s, uint64_t from, uint64_t to);
+/* fdatasync: the file's data and its size (which an msync of a range may
+ * leave behind) are durable */
+int aof_seg_sync_file(aof_seg *s);
 /* writes the vectors at pos with pwritev, finishing short writes */
 struct iovec;
 int aof_seg_pwrite(aof_seg *s, const struct iovec *iov, int iovcnt, uint64_t pos);

@@ -170,8 +170,9 @@ int aof_feed_interrupt(aof_feed *f);
 int aof_feed_sleeping(aof_feed *f);
 
 /* --- segments --- */
-/* Create a new segment file (fails if it exists), preallocated to capacity
- * bytes, header written and synced. */
+/* Create a new segment file (fails if it exists), header written and
+ * synced. The file is preallocated to its first growth step (256 KiB, or
+ * capacity if smaller) and doubles as appends need room, up to capacity. */
 int aof_seg_create(const char *path, uint64_t store_id, uint64_t segment_id,
                    uint64_t first_lsn, uint64_t capacity, aof_seg **out);
 /* Open an existing segment. AOF_OPEN_WRITE recovers an unsealed tail (the

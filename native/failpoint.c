@@ -22,7 +22,7 @@
  * one is exercised. Keep in step with the sites. */
 static const char names[] =
     "create.opened create.header_written seal.index_written seal.synced seal.truncated "
-    "recover.truncated append_many.half tx.before_commit_record sync.before_msync";
+    "recover.truncated append_many.half tx.before_commit_record sync.before_msync seg.grown";
 
 /* Every AOF_PAUSE site: points only race tests stop at. */
 static const char pause_names[] =

@@ -520,13 +520,17 @@ static void synclog(char kind, const char *path, uint64_t a, uint64_t b) {
 }
 
 static int file_sync(aof_seg *s, uint64_t pos) {
+    /* the size logged is taken before the sync: another thread may grow
+     * the file meanwhile, and a size past what fdatasync covered must not
+     * pass for durable */
+    struct stat st;
+    int logged = synclog_fd >= 0 && !fstat(s->fd, &st);
     if (AOF_IOFAIL(AOF_IO_FDATASYNC) || fdatasync(s->fd)) return sys_fail(s, "syncing", pos);
-    if (synclog_fd >= 0) {
-        struct stat st;
-        if (!fstat(s->fd, &st)) synclog('F', s->path, (uint64_t)st.st_size, 0);
-    }
+    if (logged) synclog('F', s->path, (uint64_t)st.st_size, 0);
     return AOF_OK;
 }
+
+int aof_seg_sync_file(aof_seg *s) { return file_sync(s, 0); }
 
 static int sync_dir(const char *path) {
     char *copy = strdup(path);
@@ -542,6 +546,19 @@ static int sync_dir(const char *path) {
     if (fd >= 0) close(fd);
     free(copy);
     return rc;
+}
+
+/* The file size an active segment holding need bytes is allocated to: the
+ * first step, doubled until need fits, capped at the capacity (never below
+ * need), whole pages. Creation, recovery and growth within the capacity
+ * all land on these steps. */
+static uint64_t grow_step(const aof_seg *s, uint64_t need) {
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t size = AOF_GROW_FIRST;
+    while (size < need && size < s->capacity) size *= 2;
+    if (size > s->capacity) size = s->capacity;
+    if (size < need) size = need;
+    return (size + page - 1) & ~(page - 1);
 }
 
 static int map_writable(aof_seg *s) {
@@ -577,8 +594,9 @@ int aof_seg_create(const char *path, uint64_t store_id, uint64_t segment_id,
     s->first_lsn = s->next_lsn = first_lsn;
     s->created_ms = aof_now_ms();
     s->version = AOF_FORMAT_VERSION;
-    if ((rc = preallocate(s, 0, capacity)) || (rc = map_writable(s))) goto fail;
-    s->file_bytes = capacity;
+    uint64_t first = grow_step(s, AOF_HEADER_BYTES);
+    if ((rc = preallocate(s, 0, first)) || (rc = map_writable(s))) goto fail;
+    s->file_bytes = first;
     put_header(s);
     s->committed_end = s->write_pos = AOF_HEADER_BYTES;
     AOF_FAILPOINT("create.header_written");
@@ -718,19 +736,23 @@ static int open_for_write(aof_seg *s, uint64_t size, uint64_t capacity, aof_scan
     if ((rc = scan_records(s, size, report))) return rc;
     unmap(s);
     /* Truncating drops whatever followed the last complete batch, torn
-     * bytes and stale pages alike; preallocating again gives zeros. */
+     * bytes and stale pages alike; preallocating again gives zeros. The
+     * file may have any size here (a crash mid-growth, or a power loss
+     * that kept an older size): it ends at the growth step that holds the
+     * records, as if they had been appended to a new segment. */
     if (capacity < s->committed_end) capacity = s->committed_end;
     s->capacity = capacity;
+    uint64_t alloc = grow_step(s, s->committed_end);
     /* what followers copied past the last batch is about to become zeros
      * and then new batches at the same positions */
     aof_feed_change(s->feed, 1);
     if (AOF_IOFAIL(AOF_IO_FTRUNCATE) || ftruncate(s->fd, (off_t)s->committed_end))
         return sys_fail(s, "truncating", s->committed_end);
     AOF_FAILPOINT("recover.truncated");
-    rc = preallocate(s, 0, capacity);
+    rc = preallocate(s, 0, alloc);
     aof_feed_change(s->feed, 0);
     if (rc || (rc = map_writable(s))) return rc;
-    s->file_bytes = capacity;
+    s->file_bytes = alloc;
     /* prefault only from here on: populating the recovered records
      * would dirty them and write them all again */
     s->populated = s->committed_end & ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
@@ -1127,13 +1149,36 @@ int aof_seg_grow(aof_seg *s, uint64_t new_bytes) {
         return aof_fail(AOF_ETOOBIG, 0, new_bytes,
                         "%s: a batch would grow the segment past %llu bytes", s->path,
                         (unsigned long long)s->map_len);
-    /* grow by at least half again, so a long transaction does not call this per record */
-    uint64_t target = s->file_bytes + s->file_bytes / 2;
-    if (target < new_bytes) target = new_bytes;
-    if (target > s->map_len) target = s->map_len;
+    uint64_t target;
+    if (new_bytes <= s->capacity) {
+        target = grow_step(s, new_bytes);
+        if (target > s->map_len) target = s->map_len;
+    } else {
+        /* past the capacity (a transaction, a seal's index): by at least
+         * half again, so a long transaction does not call this per record */
+        uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+        target = s->file_bytes + s->file_bytes / 2;
+        if (target < new_bytes) target = new_bytes;
+        target = (target + page - 1) & ~(page - 1);
+        if (target > s->map_len) target = s->map_len;
+    }
     int rc = preallocate(s, s->file_bytes, target);
-    if (!rc) s->file_bytes = target;
-    return rc;
+    if (rc) {
+        /* the file may now be anything from its old size to target long:
+         * file_bytes stays, so nothing is written past it, and the next
+         * growth or recovery starts over from there */
+        aof_error e;
+        aof_last_error(&e);
+        return aof_fail(AOF_EIO, e.sys_errno, s->file_bytes,
+                        "growing %s from %llu to %llu bytes: %s", s->path,
+                        (unsigned long long)s->file_bytes, (unsigned long long)target,
+                        strerror(e.sys_errno));
+    }
+    /* a crash here leaves a longer file than any sync knew of, and a
+     * power loss may bring back the shorter one: recovery takes either */
+    AOF_FAILPOINT("seg.grown");
+    s->file_bytes = target;
+    return AOF_OK;
 }
 
 /* ------------------------------------------------------------------- seal */

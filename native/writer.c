@@ -39,7 +39,8 @@ struct aof_writer {
     uint64_t tx_start_pos, tx_start_lsn;
     /* sync */
     int syncing, dirty_signaled;
-    uint64_t dur_pos; /* bytes of the active segment known durable */
+    uint64_t dur_pos;  /* bytes of the active segment known durable */
+    uint64_t dur_size; /* its file size as of the last sync that covered the size */
     /* tail */
     uint64_t gen;
     int waiters;
@@ -74,6 +75,18 @@ static int broken_fail(aof_writer *w) {
                     "the writer stopped after a failed sync (%s): close the store and open it "
                     "again (recovery keeps every batch that reached the disk)",
                     w->broken_err.msg);
+}
+
+/* Makes [from, to) of s durable, and with it the file's size when the file
+ * grew past dur_size, the size the last such sync made durable: an msync
+ * writes the pages back but need not write the inode, and a record in
+ * grown space would be lost with the size. size is s->file_bytes, taken
+ * under the writer's mutex with to; the fdatasync runs once per growth
+ * step, not per record. */
+static int sync_seg(aof_seg *s, uint64_t from, uint64_t to, uint64_t size, uint64_t dur_size) {
+    int rc = aof_seg_sync_range(s, from, to);
+    if (!rc && size > dur_size) rc = aof_seg_sync_file(s);
+    return rc;
 }
 
 /* Zeroes [from, to) of the active segment, bytes past its committed end,
@@ -188,7 +201,8 @@ int aof_writer_attach(aof_writer *w, aof_seg *seg) {
     if (!rc) {
         w->seg = seg;
         w->epoch++;
-        w->dur_pos = seg->write_pos; /* opened or created segments are synced */
+        w->dur_pos = seg->write_pos; /* opened or created segments are synced, */
+        w->dur_size = seg->file_bytes; /* their size included */
         w->gen++;
         if (w->waiters) pthread_cond_broadcast(&w->commit_cv);
     }
@@ -548,14 +562,25 @@ int aof_writer_sync(aof_writer *w, uint64_t *durable_lsn) {
         /* lead one sync for everyone waiting: group commit */
         aof_seg *s = w->seg;
         uint64_t from = w->dur_pos, to = s->write_pos, lsn = w->committed_lsn;
+        uint64_t size = s->file_bytes, dur_size = w->dur_size;
         w->syncing = 1;
         pthread_mutex_unlock(&w->mu);
         AOF_FAILPOINT("sync.before_msync");
-        rc = aof_seg_sync_range(s, from, to);
+        rc = sync_seg(s, from, to, size, dur_size);
         pthread_mutex_lock(&w->mu);
         w->syncing = 0;
+        if (!rc && size > dur_size) {
+            /* the fdatasync also wrote back the pages prefaulted ahead of
+             * to, which leaves them write-protected: prefault them again
+             * in one call rather than take a write fault on each */
+            uint64_t back = to & ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
+            pthread_mutex_lock(&s->mu);
+            if (s->populated > back) s->populated = back;
+            pthread_mutex_unlock(&s->mu);
+        }
         if (!rc) {
             if (to > w->dur_pos) w->dur_pos = to;
+            if (size > w->dur_size) w->dur_size = size;
             if (lsn > w->durable_lsn) w->durable_lsn = lsn;
             w->dirty_signaled = 0;
         }
@@ -586,13 +611,13 @@ int aof_writer_detach(aof_writer *w) {
         rc = aof_fail(AOF_ETXN, 0, 0, "cannot roll the segment inside a transaction");
         goto out;
     }
-    if ((rc = aof_seg_sync_range(s, w->dur_pos, s->write_pos))) {
+    if ((rc = sync_seg(s, w->dur_pos, s->write_pos, s->file_bytes, w->dur_size))) {
         set_broken(w, rc);
         goto out;
     }
     w->seg = NULL;
     w->epoch++;
-    w->dur_pos = 0;
+    w->dur_pos = w->dur_size = 0;
     w->durable_lsn = w->committed_lsn;
     w->dirty_signaled = 0;
     w->gen++;
@@ -684,10 +709,14 @@ int aof_writer_close(aof_writer *w) {
         return aof_fail(AOF_ETXN, 0, 0, "cannot close inside a transaction");
     }
     if (w->broken) rc = broken_fail(w);
-    else if (w->seg && !w->closed) rc = aof_seg_sync_range(w->seg, w->dur_pos, w->seg->write_pos);
+    else if (w->seg && !w->closed)
+        rc = sync_seg(w->seg, w->dur_pos, w->seg->write_pos, w->seg->file_bytes, w->dur_size);
     if (rc && !w->broken) set_broken(w, rc);
     if (!rc) {
-        if (w->seg) w->dur_pos = w->seg->write_pos;
+        if (w->seg) {
+            w->dur_pos = w->seg->write_pos;
+            w->dur_size = w->seg->file_bytes;
+        }
         w->durable_lsn = w->committed_lsn;
     }
     /* closed even when the sync failed: the caller releases the store's

@@ -715,6 +715,29 @@ def run_probes(args: argparse.Namespace, runner: Runner) -> list[dict]:
     return out
 
 
+# footprint -------------------------------------------------------------
+
+FOOTPRINT_RECORDS = 1000
+
+
+def footprint_case(peer: str) -> Callable[[Workload, Path], Sample]:
+    """A case for peer (aoflite or sqlite): the disk a new store of the
+    group's first FOOTPRINT_RECORDS records takes once closed, in allocated
+    blocks as du counts them (preallocation included). The Sample's ops are
+    those bytes over one second, so the rate column shows them (unit "B du")."""
+
+    def run(w: Workload, path: Path) -> Sample:
+        work = Workload(w.size, w.keys, w.values[:FOOTPRINT_RECORDS])
+        (aoflite_fill if peer == "aoflite" else sqlite_fill)(work, path)
+        du = sum(os.lstat(os.path.join(top, n)).st_blocks * 512 for top, _, names in os.walk(path) for n in names)
+        return Sample(du, 0, 1.0)
+
+    return run
+
+
+CASES += [Case(f"{p}.footprint", f"disk of {FOOTPRINT_RECORDS:,} records (du)", footprint_case(p), "B du") for p in ("aoflite", "sqlite")]
+
+
 # ---------------------------------------------------------------- targets
 
 
