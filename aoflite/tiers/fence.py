@@ -112,6 +112,10 @@ def get_json(backend: Tier2Backend, name: str) -> dict[str, Any] | None:
     return body
 
 
+#: Pauses before reading a vanished lease again (about 0.3 s in all).
+_VANISHED_REREADS = (0.01, 0.04, 0.1, 0.15)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -207,6 +211,14 @@ class WriterLease:
                 self._acquire()  # Tier 2 was out at open: taken before the first write
                 return
             held = get_json(self._backend, LEASE_OBJECT)
+            # A lease that vanished is not ours to rewrite at once: the file
+            # backend uncommits an object while it replaces it, so a newer
+            # writer may be in the middle of taking the prefix.
+            for delay in _VANISHED_REREADS:
+                if held is not None:
+                    break
+                time.sleep(delay)
+                held = get_json(self._backend, LEASE_OBJECT)
             if held is not None and held.get("token") != self.token and int(held.get("epoch", 0)) >= self.epoch:
                 self._fenced = errors.FencedError(
                     f"{self._backend.url}: this store (epoch {self.epoch}) was fenced out by a newer writer "
