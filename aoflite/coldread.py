@@ -36,7 +36,8 @@ _RECORD_HEAD = struct.Struct("<IIIHHQQq")  # crc length key_id flags reserved of
 _U64 = struct.Struct("<Q")
 _BATCH_END = 0x1
 _SEGMENTS_KEPT = 64  # seek tables and key entries kept, per segment
-_BLOBS_KEPT = 32  # compressed ranges kept (footer and index frames are read again and again)
+_BLOBS_KEPT = 32
+_TAIL_BYTES = 512 << 10  # compressed: a 1 MiB frame of an index compresses well below this  # compressed ranges kept (footer and index frames are read again and again)
 
 
 class _RemoteSource:
@@ -56,15 +57,15 @@ class _RemoteSource:
 
     def read_at(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self._size - offset))
-        key = (offset, length)
         with self._lock:
-            got = self._blobs.get(key)
-            if got is not None:
-                self._blobs.move_to_end(key)
-                return got
+            # any range fetched before that holds this one serves it
+            for (start, n), blob in self._blobs.items():
+                if start <= offset and offset + length <= start + n:
+                    self._blobs.move_to_end((start, n))
+                    return blob[offset - start : offset - start + length]
         got = self._backend.get_range(self._object, offset, length) if length else b""
         with self._lock:
-            self._blobs[key] = got
+            self._blobs[(offset, length)] = got
             while len(self._blobs) > _BLOBS_KEPT:
                 self._blobs.popitem(last=False)
         return got
@@ -115,6 +116,10 @@ class ColdReads:
                 self._opened.move_to_end(sid)
                 return got
         src = _RemoteSource(self._backend, segment_object_name(sid), rec.t2_bytes)
+        # One request for the object's tail: the seek table, and the last
+        # frame or two, which hold the footer and the key entries (and,
+        # in a small segment, the whole index).
+        src.read_at(max(0, rec.t2_bytes - _TAIL_BYTES), _TAIL_BYTES)
         table = read_seek_table(src)
         if table.original_bytes != rec.file_bytes:
             raise self._corrupt(rec, f"its object holds {table.original_bytes} bytes, the segment {rec.file_bytes}")

@@ -224,7 +224,12 @@ class Coordinator:
         self.on_upload_failed: Callable[[int, BaseException], None] | None = None
         self._t0_max = config.tier0.max_bytes
         self._t1_max = config.tier1.max_bytes
-        self._cond = threading.Condition()
+        # Two signals, never one: a worker that woke the other after each
+        # pass would wake it back, and the two would spin. Each worker has
+        # an event that says "look for work" (set by notify, never by the
+        # worker itself, and never lost when set while it is busy); waiters
+        # (drain, admission) hear of progress on their own condition.
+        self._progress = threading.Condition()
         self._stopping = False
         self._passes = 0  # completed passes of both workers, for drain
         self._waiting_admission = 0
@@ -242,13 +247,14 @@ class Coordinator:
         self._moves = _moves(config)
         if self._moves:
             os.makedirs(layout.tier1_dir(path), exist_ok=True)
-        self._threads = [
-            threading.Thread(target=self._run, args=(self._local_pass,), name="aoflite-tier-local", daemon=True)
-        ]
+        passes = [("aoflite-tier-local", self._local_pass)]
         if backend is not None:
-            self._threads.append(
-                threading.Thread(target=self._run, args=(self._remote_pass,), name="aoflite-tier-remote", daemon=True)
-            )
+            passes.append(("aoflite-tier-remote", self._remote_pass))
+        self._kicks = [threading.Event() for _ in passes]
+        self._threads = [
+            threading.Thread(target=self._run, args=(one_pass, kick), name=name, daemon=True)
+            for (name, one_pass), kick in zip(passes, self._kicks)
+        ]
 
     # ------------------------------------------------------------ control
 
@@ -259,9 +265,10 @@ class Coordinator:
 
     def stop(self) -> None:
         """Stop the workers after the step each is in (a step is atomic)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self._stopping = True
+        self.notify()
+        with self._progress:
+            self._progress.notify_all()
         for t in self._threads:
             if t.is_alive() and t is not threading.current_thread():
                 t.join()
@@ -270,18 +277,16 @@ class Coordinator:
 
     def notify(self) -> None:
         """Something changed (a seal, a hydration): look for work now."""
-        with self._cond:
-            self._cond.notify_all()
+        for kick in self._kicks:
+            kick.set()
 
     def used(self, segment_id: int) -> None:
         """A read used segment_id: evict it after segments used longer ago."""
         self._last_used[segment_id] = time.monotonic()
 
-    def _run(self, one_pass: Callable[[], bool]) -> None:
-        while True:
-            with self._cond:
-                if self._stopping:
-                    return
+    def _run(self, one_pass: Callable[[], bool], kick: threading.Event) -> None:
+        while not self._stopping:
+            kick.clear()  # before the pass: a notify during it makes the next one start at once
             try:
                 busy = one_pass()
             except errors.ClosedError:
@@ -289,13 +294,11 @@ class Coordinator:
             except Exception as e:  # a bug or an unforeseen error: never the end of the pipeline
                 self._failures.failed("pass", 0, e)
                 busy = False
-            with self._cond:
+            with self._progress:
                 self._passes += 1
-                self._cond.notify_all()
-                if self._stopping:
-                    return
-                if not busy:
-                    self._cond.wait(_IDLE_S)
+                self._progress.notify_all()
+            if not busy and not self._stopping:
+                kick.wait(_IDLE_S)
 
     # ------------------------------------------------------------ what is where
 
@@ -342,7 +345,7 @@ class Coordinator:
             return
         timeout_ms = self._config.tiers.admission_timeout_ms if timeout_ms is None else timeout_ms
         deadline = time.monotonic() + timeout_ms / 1000
-        with self._cond:
+        with self._progress:
             self._waiting_admission += 1
         try:
             while True:
@@ -363,11 +366,11 @@ class Coordinator:
                     if self.on_backpressure is not None:
                         self.on_backpressure("admission", refused)
                     raise refused
-                with self._cond:
-                    self._cond.notify_all()
-                    self._cond.wait(min(remaining, 0.05))
+                self.notify()
+                with self._progress:
+                    self._progress.wait(min(remaining, 0.05))
         finally:
-            with self._cond:
+            with self._progress:
                 self._waiting_admission -= 1
 
     # ------------------------------------------------------------ local work
@@ -616,8 +619,8 @@ class Coordinator:
             did = True
         if did:
             layout.fsync_dir(os.path.dirname(path))
-            with self._cond:
-                self._cond.notify_all()  # appends waiting for admission
+            with self._progress:
+                self._progress.notify_all()  # appends waiting for admission
         return did
 
     # ------------------------------------------------------------ drain, stats
@@ -667,9 +670,9 @@ class Coordinator:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"{self.path}: tiers not drained after {timeout} s: {left}")
-            with self._cond:
-                self._cond.notify_all()
-                self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            self.notify()
+            with self._progress:
+                self._progress.wait(0.05 if remaining is None else min(remaining, 0.05))
 
     def stats(self) -> dict[str, Any]:
         """The pipeline's part of Store.stats()."""
