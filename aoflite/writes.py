@@ -83,7 +83,8 @@ class Writes:
         # and hear of each seal
         self.admit: Callable[[], None] | None = None
         self.on_seal: Callable[[], None] | None = None
-        # the metrics: each background sync's seconds, and a sync failing
+        # the metrics: each sync's seconds (the flusher's and commit()'s),
+        # and a sync failing
         self.on_flushed: Callable[[float], None] | None = None
         self.on_flush_failed: Callable[[BaseException], None] | None = None
 
@@ -327,11 +328,15 @@ class Writes:
     def commit(self) -> int:
         """See Store.commit."""
         w = self._check()
+        started = time.perf_counter()
         try:
-            return w.sync()
+            lsn = w.sync()
         except errors.StorageError as e:
             self.writer_failed(e)
             raise
+        if self.on_flushed is not None:  # a flush the caller asked for counts as one
+            self.on_flushed(time.perf_counter() - started)
+        return lsn
 
     def seal(self) -> int | None:
         """See Store.seal."""
