@@ -246,6 +246,11 @@ class Store:
             self.read = reads.read  # type: ignore[method-assign]
             self._cursors = Cursors(self.path, self._life.check, reads.batch_end_at, reads.last_lsn, reads.segment_spans)
         except BaseException:
+            if self._writes is not None:
+                # an open that failed after the writer started (a Tier 2
+                # prefix another store holds): stop it, and its flusher
+                with contextlib.suppress(errors.Error):
+                    self._writes.close()
             self._release()
             raise
         w = self._writes

@@ -27,7 +27,14 @@ def forge(bucket, **changes) -> None:
 
 
 def test_second_writer_on_a_prefix_is_refused(tmp_path, bucket):
+    import threading
+
     with writer(tmp_path / "a", bucket) as a:
+        before = {t.name for t in threading.enumerate()}
+        with pytest.raises(aoflite.LockedError):
+            writer(tmp_path / "b", bucket)
+        # the refused open left no writer, flusher or pipeline running
+        assert {t.name for t in threading.enumerate()} - before == set()
         held = lease(bucket)
         assert held["epoch"] == 1 and held["path"] == a.path and held["pid"] == os.getpid()
         with pytest.raises(aoflite.LockedError, match="another store writes to this Tier 2 prefix") as e:
