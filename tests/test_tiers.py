@@ -600,3 +600,15 @@ def test_torn_cache_copy_is_fetched_again(tmp_path, tier2):
     with tiered(tmp_path / "s", tier2, tier0_max_bytes=None) as db:
         check_all(db, counts)
         assert len(events(db, "HydrationDone", sid)) == 2, "the torn copy was not fetched again"
+
+
+def test_idle_pipeline_sleeps(tmp_path, tier2):
+    """With nothing to move, the pipeline's workers sleep: a few passes a
+    second, not a spin (two workers once woke each other after every pass
+    and took the appender's CPU)."""
+    with tiered(tmp_path / "s", tier2) as db:
+        fill(db, 100)
+        db.drain_tiers(timeout=30)
+        before = db._coordinator._passes
+        time.sleep(1.0)
+        assert db._coordinator._passes - before <= 8
