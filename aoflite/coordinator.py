@@ -306,10 +306,21 @@ class Coordinator:
         return [r for r in self._manifest.segments() if r.state == "sealed"]
 
     def _t0_files(self, recs: list[SegmentRecord]) -> dict[int, int]:
-        return _sizes({r.segment_id: layout.segment_path(self.path, r.segment_id) for r in recs})
+        return _t0_sizes(self.path, recs)
 
     def _t1_files(self, recs: list[SegmentRecord]) -> dict[int, int]:
-        return _sizes({r.segment_id: layout.tier1_path(self.path, r.segment_id) for r in recs})
+        return _t1_sizes(self.path, recs)
+
+    def _first_ready(self, step: str, todo: list[SegmentRecord], act: Callable[[SegmentRecord], None]) -> bool | None:
+        """Do step (act) for the first segment of todo whose backoff has
+        passed: True when it did, False when stopping, None when none was ready."""
+        for r in todo:
+            if self._stopped():
+                return False
+            if self._failures.ready(step, r.segment_id):
+                act(r)
+                return True
+        return None
 
     def residency(self) -> list[Residency]:
         """Per sealed segment, which tiers hold it and the bytes in each."""
@@ -390,12 +401,9 @@ class Coordinator:
         # a segment Tier 2 holds needs no Tier 1 copy to leave Tier 0
         todo = [r for r in recs if "t1" not in r.tiers and "t2" not in r.tiers and r.segment_id in t0]
         self._pending["compression"] = len(todo)
-        for r in todo:
-            if self._stopped():
-                return False
-            if self._failures.ready("compress", r.segment_id):
-                self._compress(r)
-                return True
+        did = self._first_ready("compress", todo, self._compress)
+        if did is not None:
+            return did
         return self._evict("t0", recs, t0, self._t0_max, lambda r: "t1" in r.tiers or "t2" in r.tiers)
 
     def _compress(self, r: SegmentRecord) -> None:
@@ -462,12 +470,9 @@ class Coordinator:
         t1 = self._t1_files(recs)
         todo = [r for r in recs if "t2" not in r.tiers and "t1" in r.tiers and r.segment_id in t1]
         self._pending["upload"] = len(todo)
-        for r in todo:
-            if self._stopped():
-                return False
-            if self._failures.ready("upload", r.segment_id):
-                self._upload(r)
-                return True
+        did = self._first_ready("upload", todo, self._upload)
+        if did is not None:
+            return did
         return self._evict("t1", recs, t1, self._t1_max, lambda r: "t2" in r.tiers)
 
     def _upload(self, r: SegmentRecord) -> None:
@@ -704,8 +709,7 @@ def residency(path: str, manifest: Manifest) -> list[Residency]:
     """Per sealed segment of the store at path, which tiers hold it and the
     bytes in each: local tiers as the files are now, Tier 2 as confirmed."""
     recs = [r for r in manifest.segments() if r.state == "sealed"]
-    t0 = _sizes({r.segment_id: layout.segment_path(path, r.segment_id) for r in recs})
-    t1 = _sizes({r.segment_id: layout.tier1_path(path, r.segment_id) for r in recs})
+    t0, t1 = _t0_sizes(path, recs), _t1_sizes(path, recs)
     out = []
     for r in recs:
         tiers: dict[str, int] = {}
@@ -717,6 +721,16 @@ def residency(path: str, manifest: Manifest) -> list[Residency]:
             tiers["t2"] = r.t2_bytes
         out.append(Residency(r.segment_id, tiers))
     return out
+
+
+def _t0_sizes(root: str, recs: list[SegmentRecord]) -> dict[int, int]:
+    """Sizes of the segment files (Tier 0) of recs that are present."""
+    return _sizes({r.segment_id: layout.segment_path(root, r.segment_id) for r in recs})
+
+
+def _t1_sizes(root: str, recs: list[SegmentRecord]) -> dict[int, int]:
+    """Sizes of the Tier 1 files of recs that are present."""
+    return _sizes({r.segment_id: layout.tier1_path(root, r.segment_id) for r in recs})
 
 
 def _sizes(paths: dict[int, str]) -> dict[int, int]:
